@@ -1,0 +1,27 @@
+"""The seven phase entry points (`symphony run-phase N`). Each is thin: the logic lives in `symphony/`."""
+from __future__ import annotations
+
+import importlib
+
+from symphony.errors import SymphonyError
+
+# number -> (name, module with a `run(cfg, run_dir, force)` function, or None while not built)
+PHASES: dict[int, tuple[str, str | None]] = {
+    1: ("freeze", "phases.phase1_freeze"),
+    2: ("inject", None),
+    3: ("dataset", None),
+    4: ("coarse pre-training", None),
+    5: ("HEP-DNA", None),
+    6: ("long-range calibration", None),
+    7: ("hybrid sparse fine-tuning", None),
+}
+
+
+def get_phase(n: int):
+    if n not in PHASES:
+        raise SymphonyError(f"there is no phase {n}; phases are 1-7")
+    name, module = PHASES[n]
+    if module is None:
+        raise SymphonyError(f"phase {n} ({name}) is not built yet; phases available now: "
+                            + ", ".join(str(k) for k, (_, m) in PHASES.items() if m))
+    return importlib.import_module(module).run

@@ -1,0 +1,138 @@
+"""The `symphony` command line. Thin: every command calls into the library."""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import click
+
+from symphony.errors import SymphonyError
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+
+
+def config_options(fn):
+    """--config and --set, shared by every command that needs a config."""
+
+    @click.option("--config", "-c", "config_name", default="smollm2-135m", show_default=True,
+                  help="Preset name (tiny, smollm2-135m, qwen2.5-1.5b, qwen2.5-7b-8gb) or a YAML file.")
+    @click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE",
+                  help="Override a config key, e.g. --set cache.window=2048 (repeatable).")
+    @functools.wraps(fn)
+    def wrapper(*args, config_name, overrides, **kwargs):
+        from symphony.config import load_config
+
+        return fn(*args, cfg=load_config(config_name, overrides), **kwargs)
+
+    return wrapper
+
+
+class SymphonyGroup(click.Group):
+    """Turns SymphonyError (bad input, missing artifact) into one clear line instead of a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SymphonyError as e:
+            click.secho(f"error: {e}", fg="red", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted; finished work was saved", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=SymphonyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="symphony")
+def main():
+    """Symphony: run Hugging Face causal LMs over inputs far longer than their context window,
+    at constant memory, with exact recall of the facts that matter.
+
+    \b
+    Start with:  symphony info            (what model, how much memory per token)
+                 symphony run-phase 1     (freeze the base model, calibrate)
+    """
+    _quiet_libraries()
+
+
+@main.command()
+@config_options
+def info(cfg):
+    """Print the resolved config, model size, context window, KV bytes per token and artifact paths."""
+    import yaml
+
+    from symphony.report import model_facts
+
+    facts = model_facts(cfg)
+    click.echo("# resolved config")
+    click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
+    click.echo("\n# model")
+    for key, value in facts.items():
+        click.echo(f"{key:>22}: {value}")
+
+
+@main.command("run-phase")
+@click.argument("phase", type=int)
+@config_options
+@click.option("--run-dir", "-r", default="runs/default", show_default=True, help="Where phase artifacts go.")
+@click.option("--force", is_flag=True, help="Redo the phase even if its artifact is up to date.")
+def run_phase(phase, cfg, run_dir, force):
+    """Run training phase PHASE (1-7) into --run-dir.
+
+    \b
+    1 freeze    load + freeze the base model, record calibration statistics
+    2 inject    attach zero-gated memory adapters, verify equality with the base
+    3 dataset   long documents + synthetic long-range tasks
+    4 coarse    train FHRR/Titans memories through the bounded cache
+    5 HEP-DNA   train the salience router and copy head
+    6 calibrate curriculum over growing lengths
+    7 finetune  joint fine-tuning; export DIR/final
+    """
+    from phases import get_phase
+    from symphony.runs import manifest_path
+
+    result = get_phase(phase)(cfg, run_dir, force=force)
+    status = result.get("status", "written")
+    click.echo(f"phase {phase} ({result.get('name', '')}): {status} -> {manifest_path(run_dir, phase)}")
+    if phase == 1:
+        p = result["parameters"]
+        click.echo(f"  {result['model']['architecture']}: {p['total']:,} parameters, {p['trainable']} trainable;"
+                   f" calibrated on {result['stats']['tokens']} tokens")
+
+
+@main.group()
+def eval():  # noqa: A001 - the command is called `eval`
+    """Evaluation suites: oom, needle, ppl, integrity (baselines in the same run)."""
+
+
+def _not_built(name: str):
+    @eval.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    def cmd():
+        raise SymphonyError(f"`symphony eval {name}` is not built yet")
+
+    cmd.__doc__ = f"`{name}` suite (not built yet)."
+    cmd.help = cmd.__doc__
+    return cmd
+
+
+for _name in ("oom", "needle", "ppl", "integrity"):
+    _not_built(_name)
+
+
+@main.command()
+@config_options
+@click.option("--file", "file", type=click.Path(dir_okay=False), help="Preload this document into the cache.")
+@click.option("--script", type=click.Path(dir_okay=False), help="Read turns from this file, one per line.")
+def chat(cfg, file, script):
+    """Interactive constant-memory chat (not built yet)."""
+    raise SymphonyError("`symphony chat` is not built yet")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

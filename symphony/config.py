@@ -1,0 +1,183 @@
+"""One config system: typed dataclasses, YAML presets in `configs/`, `--set section.key=value` overrides.
+
+Resolution order: dataclass defaults <- preset/YAML file <- overrides. Unknown keys are errors
+that name the key and list the valid ones, so a typo never silently does nothing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from symphony.errors import SymphonyError
+
+
+@dataclass
+class ModelConfig:
+    # An embedded preset ("smollm2-135m"), a built-in random test model ("tiny-llama", "tiny-qwen2",
+    # "tiny-mistral"), a local directory, a .gguf file, or a Hugging Face hub id.
+    name: str = "smollm2-135m"
+    dtype: str = "float32"  # float32 | bfloat16 | float16 | auto
+    device: str = "cpu"  # cpu | cuda | auto
+    quantization: str = "none"  # none | 4bit | 8bit (bitsandbytes)
+    trust_remote_code: bool = False
+
+
+@dataclass
+class CacheConfig:
+    policy: str = "symphony"  # symphony | sinks | full
+    sinks: int = 4  # first tokens, always kept (attention sinks)
+    ledger: int = 512  # slots for salient spans (HEP-DNA retention)
+    window: int = 1024  # most recent tokens
+    segment_len: int = 256  # tokens per prefill forward; bounds activation memory
+    span_len: int = 16  # the ledger keeps whole spans of this many tokens
+
+
+@dataclass
+class SalienceConfig:
+    surprisal_weight: float = 1.0  # -log p(token) under the model
+    novelty_weight: float = 4.0  # bonus for an n-gram not seen earlier in the stream
+    ngram: int = 3
+    novelty_table_bits: int = 20  # fixed-size hash table: constant memory at any length
+    smooth_radius: int = 4  # a salient token lends its score to its neighbours (keep the sentence)
+
+
+@dataclass
+class CalibrationConfig:
+    text: str = "builtin"  # builtin | path to a text file | datasets name
+    tokens: int = 2048
+    segment_len: int = 512
+
+
+@dataclass
+class SymphonyConfig:
+    preset: str = "custom"
+    seed: int = 0
+    artifacts_dir: str = ""  # empty: $SYMPHONY_HOME or ~/.cache/symphony
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    salience: SalienceConfig = field(default_factory=SalienceConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def artifacts_path(self) -> Path:
+        return Path(self.artifacts_dir).expanduser() if self.artifacts_dir else symphony_home()
+
+
+def symphony_home() -> Path:
+    return Path(os.environ.get("SYMPHONY_HOME", "~/.cache/symphony")).expanduser()
+
+
+def configs_dir() -> Path:
+    env = os.environ.get("SYMPHONY_CONFIG_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+
+
+def preset_names() -> list[str]:
+    d = configs_dir()
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def _valid_keys(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
+    if not isinstance(data, dict):
+        raise SymphonyError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        if key not in fields:
+            raise SymphonyError(
+                f"unknown config key '{prefix}{key}'; valid keys here: {', '.join(prefix + k for k in fields)}"
+            )
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value, prefix=f"{prefix}{key}.")
+        else:
+            setattr(obj, key, _coerce(value, current, f"{prefix}{key}"))
+
+
+def _coerce(value: Any, current: Any, name: str) -> Any:
+    target = type(current)
+    if isinstance(value, target) and not (target is int and isinstance(value, bool)):
+        return value
+    try:
+        if target is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false", "on", "off", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "on", "1", "yes")
+            raise ValueError
+        if target is int and isinstance(value, float) and value.is_integer():
+            return int(value)
+        if target in (int, float, str):
+            return target(value)
+    except (TypeError, ValueError):
+        pass
+    raise SymphonyError(f"config key '{name}' expects {target.__name__}, got {value!r}")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise SymphonyError(f"--set expects key=value (e.g. cache.window=2048), got '{text}'")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _nest(key: str, value: Any) -> dict[str, Any]:
+    out: Any = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def load_config(name_or_path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> SymphonyConfig:
+    """Build a config from a preset name or YAML path plus `key=value` overrides."""
+    cfg = SymphonyConfig()
+    name_or_path = name_or_path or "smollm2-135m"
+    path = Path(name_or_path).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise SymphonyError(f"config file not found: {path}")
+        preset = path.stem
+    else:
+        path = configs_dir() / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise SymphonyError(
+                f"unknown config preset '{name_or_path}'; presets: {', '.join(preset_names()) or '(none found)'}"
+                " (or pass a path to a YAML file)"
+            )
+        preset = name_or_path
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SymphonyError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    data.setdefault("preset", preset)
+    _apply(cfg, data)
+    for item in overrides:
+        key, value = parse_override(item)
+        _apply(cfg, _nest(key, value))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: SymphonyConfig) -> None:
+    choices = {
+        "model.dtype": (cfg.model.dtype, ("float32", "bfloat16", "float16", "auto")),
+        "model.device": (cfg.model.device, ("cpu", "cuda", "auto")),
+        "model.quantization": (cfg.model.quantization, ("none", "4bit", "8bit")),
+        "cache.policy": (cfg.cache.policy, ("symphony", "sinks", "full")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise SymphonyError(f"config key '{key}' must be one of {', '.join(allowed)}; got '{value}'")
+    c = cfg.cache
+    for key in ("sinks", "ledger", "window", "segment_len", "span_len"):
+        if getattr(c, key) < 0 or (key in ("window", "segment_len", "span_len") and getattr(c, key) < 1):
+            raise SymphonyError(f"config key 'cache.{key}' must be positive; got {getattr(c, key)}")
