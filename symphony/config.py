@@ -111,11 +111,17 @@ def _coerce(value: Any, current: Any, name: str) -> Any:
         return value
     try:
         if target is bool:
+            if isinstance(value, int) and value in (0, 1):  # `--set key=1` reaches here as YAML int 1
+                return bool(value)
             if isinstance(value, str) and value.lower() in ("true", "false", "on", "off", "1", "0", "yes", "no"):
                 return value.lower() in ("true", "on", "1", "yes")
             raise ValueError
-        if target is int and isinstance(value, float) and value.is_integer():
-            return int(value)
+        if target in (int, float) and isinstance(value, bool):
+            raise ValueError  # int(True) == 1: `cache.window=true` must not silently mean 1
+        if target is int and isinstance(value, float):
+            if value.is_integer():
+                return int(value)
+            raise ValueError  # int(2.5) == 2: never truncate silently
         if target in (int, float, str):
             return target(value)
     except (TypeError, ValueError):
