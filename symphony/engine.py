@@ -1,0 +1,264 @@
+"""The streaming engine: chunked prefill through a bounded cache, salience scoring, decoding, chat.
+
+Peak memory depends on the cache budget and `segment_len`, never on the input length: the
+input is fed `segment_len` tokens at a time and the cache is compacted after every segment.
+"""
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import torch
+from tqdm.auto import tqdm
+from transformers import DynamicCache
+
+from symphony.cache import BoundedCache, cache_nbytes
+from symphony.chat_format import ChatFormat
+from symphony.config import CacheConfig, SalienceConfig
+from symphony.salience import RarityOracle, SalienceScorer
+
+POLICIES = ("full", "sinks", "symphony")
+
+
+@dataclass
+class Stream:
+    """Everything one conversation/document stream carries between calls."""
+
+    cache: object  # BoundedCache, or DynamicCache for the `full` baseline
+    scorer: SalienceScorer | None
+    last_logits: torch.Tensor | None = None  # [V]: predicts the next token
+    tokens_seen: int = 0
+    history: list[int] = field(default_factory=list)  # unused by default; see keep_history
+
+    @property
+    def occupied(self) -> int:
+        return self.cache.get_seq_length()
+
+    def nbytes(self) -> int:
+        return cache_nbytes(self.cache)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA peak allocated on GPU; peak resident set size of this process on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+class StreamingEngine:
+    def __init__(self, model, tokenizer, cache_cfg: CacheConfig, salience_cfg: SalienceConfig | None = None,
+                 policy: str | None = None, progress: bool = False):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cache_cfg = cache_cfg
+        self.salience_cfg = salience_cfg or SalienceConfig()
+        self.policy = policy or cache_cfg.policy
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown cache policy {self.policy!r}; choose from {', '.join(POLICIES)}")
+        self.progress = progress
+        self.device = next(model.parameters()).device
+        self._chat_format: ChatFormat | None = None
+
+    # -- streams -------------------------------------------------------------------------------
+    @property
+    def capacity(self) -> int | None:
+        c = self.cache_cfg
+        return None if self.policy == "full" else c.sinks + c.ledger + c.window
+
+    def new_stream(self) -> Stream:
+        c = self.cache_cfg
+        if self.policy == "full":
+            return Stream(DynamicCache(config=self.model.config), None)
+        if self.policy == "sinks":  # StreamingLLM at the same slot budget: sinks + one long window
+            cache = BoundedCache.for_model(self.model, c.sinks, 0, c.ledger + c.window, c.span_len)
+            return Stream(cache, None)
+        cache = BoundedCache.for_model(self.model, c.sinks, c.ledger, c.window, c.span_len,
+                                       self.salience_cfg.smooth_radius)
+        return Stream(cache, RarityOracle(self.salience_cfg))
+
+    # -- feeding -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def feed(self, stream: Stream, ids: torch.Tensor, all_logits: bool = False) -> torch.Tensor:
+        """One forward over `ids` [q] (appending to the cache, no compaction). Returns logits:
+        [q, V] if `all_logits`, else [V] for the last token."""
+        ids = ids.reshape(-1).to(self.device)
+        need_all = all_logits or stream.scorer is not None
+        out = self.model(input_ids=ids[None], past_key_values=stream.cache, use_cache=True,
+                         logits_to_keep=0 if need_all else 1)
+        logits = out.logits[0]
+        if stream.scorer is not None and isinstance(stream.cache, BoundedCache):
+            positions = torch.arange(stream.tokens_seen, stream.tokens_seen + ids.numel())
+            scores = stream.scorer(ids, logits, stream.last_logits, positions)
+            stream.cache.record(ids, scores)
+        elif isinstance(stream.cache, BoundedCache):
+            stream.cache.record(ids)
+        stream.tokens_seen += ids.numel()
+        stream.last_logits = logits[-1].float()
+        return logits if all_logits else stream.last_logits
+
+    def compact(self, stream: Stream) -> None:
+        if isinstance(stream.cache, BoundedCache):
+            stream.cache.compact()
+
+    def ingest(self, stream: Stream, ids: Iterable[int] | torch.Tensor, desc: str | None = None,
+               on_segment: Callable[[Stream, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor | None:
+        """Feed any number of tokens in segments, compacting after each. Returns the last logits [V].
+
+        `on_segment(stream, segment_ids, logits)` sees each segment's full logits (used by perplexity)."""
+        ids = torch.as_tensor(ids if isinstance(ids, torch.Tensor) else list(ids), dtype=torch.long).reshape(-1)
+        seg = self.cache_cfg.segment_len
+        bar = tqdm(total=ids.numel(), desc=desc or "ingest", unit="tok", disable=not self.progress or ids.numel() <= seg)
+        for start in range(0, ids.numel(), seg):
+            chunk = ids[start : start + seg]
+            logits = self.feed(stream, chunk, all_logits=on_segment is not None)
+            if on_segment is not None:
+                on_segment(stream, chunk, logits)
+            self.compact(stream)
+            bar.update(chunk.numel())
+        bar.close()
+        return stream.last_logits
+
+    def ingest_text_chunks(self, stream: Stream, chunks: Iterable[str], total_chars: int | None = None,
+                           desc: str = "ingest") -> None:
+        """Tokenise and feed text piece by piece (a file of any size never sits in memory as tokens)."""
+        bar = tqdm(total=total_chars, desc=desc, unit="char", unit_scale=True, disable=not self.progress)
+        pending: list[int] = []
+        seg = self.cache_cfg.segment_len
+        for text in chunks:
+            pending.extend(self.tokenizer(text, add_special_tokens=False).input_ids)
+            while len(pending) >= seg:
+                self.feed(stream, torch.tensor(pending[:seg]))
+                self.compact(stream)
+                pending = pending[seg:]
+            bar.update(len(text))
+        if pending:
+            self.ingest(stream, pending)
+        bar.close()
+
+    # -- decoding ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, stream: Stream, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
+               stop_ids: Iterable[int] | None = None, on_token: Callable[[int], None] | None = None,
+               generator: torch.Generator | None = None) -> list[int]:
+        """Sample up to `max_new_tokens` after what the stream has seen; greedy when temperature == 0.
+        The cache is compacted every `segment_len` new tokens, so generation length is unbounded too."""
+        if stream.last_logits is None:
+            raise ValueError("nothing to continue from: ingest a prompt first")
+        stop = set(stop_ids if stop_ids is not None else self.stop_ids())
+        out: list[int] = []
+        cap = self.capacity
+        for _ in range(max_new_tokens):
+            token = sample(stream.last_logits, temperature, top_p, generator)
+            if token in stop:
+                break
+            out.append(token)
+            if on_token:
+                on_token(token)
+            self.feed(stream, torch.tensor([token]))
+            if cap is not None and stream.occupied >= cap + self.cache_cfg.segment_len:
+                self.compact(stream)
+        return out
+
+    def stop_ids(self) -> list[int]:
+        ids = set()
+        eos = self.model.generation_config.eos_token_id if self.model.generation_config else None
+        for e in (eos if isinstance(eos, list) else [eos]):
+            if e is not None:
+                ids.add(int(e))
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        return sorted(ids)
+
+    # -- chat ----------------------------------------------------------------------------------
+    @property
+    def chat_format(self) -> ChatFormat:
+        if self._chat_format is None:
+            self._chat_format = ChatFormat.from_tokenizer(self.tokenizer)
+        return self._chat_format
+
+    def encode(self, text: str) -> torch.Tensor:
+        return torch.tensor(self.tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
+
+    def answer(self, question: str, document: str | None = None, stream: Stream | None = None,
+               max_new_tokens: int = 64, **sampling) -> str:
+        """Stream `document` then `question` as one user message through the chat template, and reply."""
+        stream = stream or self.new_stream()
+        before, after = self.chat_format.first_user
+        self.ingest(stream, self.encode(before))
+        if document:
+            self.ingest(stream, self.encode(document), desc="document")
+            question = "\n\n" + question
+        self.ingest(stream, self.encode(question + after))
+        return self.tokenizer.decode(self.decode(stream, max_new_tokens, **sampling), skip_special_tokens=True)
+
+
+def sample(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0,
+           generator: torch.Generator | None = None) -> int:
+    if temperature <= 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        cut = sorted_p.cumsum(0) - sorted_p > top_p
+        sorted_p[cut] = 0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+
+
+class ChatSession:
+    """A multi-turn constant-memory conversation: every turn streams through the same bounded cache."""
+
+    def __init__(self, engine: StreamingEngine):
+        self.engine = engine
+        self.stream = engine.new_stream()
+        self.turns = 0
+        self._document_pending: list[Path] = []
+
+    def preload(self, path: str | Path) -> None:
+        """The document becomes the start of the first user message."""
+        self._document_pending.append(Path(path))
+
+    def say(self, text: str, max_new_tokens: int = 256, on_token: Callable[[int], None] | None = None,
+            **sampling) -> str:
+        eng, fmt = self.engine, self.engine.chat_format
+        before, after = fmt.first_user if self.turns == 0 else fmt.next_user
+        if self.turns > 0:
+            eng.ingest(self.stream, eng.encode(fmt.after_reply))  # close the previous reply
+        eng.ingest(self.stream, eng.encode(before))
+        for path in self._document_pending:
+            eng.ingest_text_chunks(self.stream, iter_text_file(path), path.stat().st_size, desc=path.name)
+            eng.ingest(self.stream, eng.encode("\n\n"))
+        self._document_pending = []
+        eng.ingest(self.stream, eng.encode(text + after))
+        reply = eng.decode(self.stream, max_new_tokens, on_token=on_token, **sampling)
+        self.turns += 1
+        return eng.tokenizer.decode(reply, skip_special_tokens=True)
+
+    def status(self) -> dict:
+        return {
+            "tokens_seen": self.stream.tokens_seen,
+            "cache_slots": self.stream.occupied,
+            "cache_bytes": self.stream.nbytes(),
+            "peak_bytes": peak_memory_bytes(self.engine.device),
+        }
+
+
+def iter_text_file(path: str | Path, chunk_chars: int = 1 << 16) -> Iterator[str]:
+    """Yield a text file in pieces cut at whitespace, so no token is split between pieces."""
+    carry = ""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        while True:
+            block = f.read(chunk_chars)
+            if not block:
+                break
+            text = carry + block
+            cut = max(text.rfind(" "), text.rfind("\n"))
+            if cut <= 0:
+                carry = text
+                continue
+            carry = text[cut:]
+            yield text[:cut]
+    if carry:
+        yield carry
