@@ -41,9 +41,10 @@ class RopeRotator:
         """keys: [B, H, N, D]; delta: [N] integer shift per slot."""
         if keys.shape[-2] == 0 or not bool((delta != 0).any()):
             return keys
-        freqs = delta.to(torch.float32).cpu()[:, None] * self.inv_freq[None, :]  # [N, rot/2]
-        emb = torch.cat([freqs, freqs], dim=-1).to(keys.device)
-        cos, sin = emb.cos(), emb.sin()
+        # the angle in float64: |delta| * inv_freq reaches thousands of radians, where float32 loses ~1e-4
+        freqs = delta.to(torch.float64).cpu()[:, None] * self.inv_freq.double()[None, :]  # [N, rot/2]
+        emb = torch.cat([freqs, freqs], dim=-1)
+        cos, sin = emb.cos().float().to(keys.device), emb.sin().float().to(keys.device)
         rot, rest = keys[..., : self.rotary_dim].float(), keys[..., self.rotary_dim :]
         half = self.rotary_dim // 2
         rotated = torch.cat([-rot[..., half:], rot[..., :half]], dim=-1)
@@ -98,6 +99,9 @@ class BoundedCache(Cache):
         self.positions = torch.empty(0, dtype=torch.long)  # position in the stream
         self.token_ids = torch.empty(0, dtype=torch.long)  # -1 until the engine records it
         self.salience = torch.empty(0, dtype=torch.float32)
+        # called at each compaction with (positions, token_ids, salience) of every slot that has left the
+        # window (kept in the ledger or evicted), e.g. RecallLedger.add
+        self.on_archive = None
 
     @classmethod
     def for_model(cls, model, sinks: int, ledger: int, window: int, span_len: int = 16, smooth_radius: int = 4):
@@ -132,16 +136,21 @@ class BoundedCache(Cache):
         if salience is not None:
             self.salience[-q:] = salience.reshape(-1).float().cpu()
 
+    def _middle(self) -> torch.Tensor:
+        """Slots that are neither sinks nor in the recent window: the ledger's candidates."""
+        n, b = self.occupied(), self.budget
+        first = min(b.sinks, n)
+        return torch.arange(first, max(n - b.window, first))
+
     def keep_indices(self) -> torch.Tensor:
         """Which slots survive compaction: sinks, the best ledger spans, the recent window (stream order)."""
         n, b = self.occupied(), self.budget
         if n <= b.capacity:
             return torch.arange(n)
+        middle = self._middle()
         sinks = torch.arange(min(b.sinks, n))
-        window = torch.arange(max(n - b.window, len(sinks)), n)
-        middle = torch.arange(len(sinks), window[0].item() if len(window) else n)
-        ledger = self._select_spans(middle, b.ledger)
-        return torch.cat([sinks, ledger, window])
+        window = torch.arange(int(middle[-1]) + 1 if middle.numel() else len(sinks), n)
+        return torch.cat([sinks, self._select_spans(middle, b.ledger), window])
 
     def _span_scores(self, middle: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Group middle slots into spans (by stream position) and score each span."""
@@ -181,6 +190,9 @@ class BoundedCache(Cache):
             return 0
         keep = self.keep_indices()
         delta = torch.arange(len(keep)) - keep  # slot index == RoPE position, before and after
+        if self.on_archive is not None:
+            middle = self._middle()
+            self.on_archive(self.positions[middle], self.token_ids[middle], self.salience[middle])
         for layer in self.layers:
             layer.select(keep, delta, self.rope)
         self.positions = self.positions[keep]

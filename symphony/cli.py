@@ -125,13 +125,113 @@ for _name in ("oom", "needle", "ppl", "integrity"):
     _not_built(_name)
 
 
+def _status_line(session) -> str:
+    from symphony.report import fmt_bytes
+
+    st = session.status()
+    return (f"[tokens seen {st['tokens_seen']:,} | cache {fmt_bytes(st['cache_bytes'])} ({st['cache_slots']} slots)"
+            f" | peak memory {fmt_bytes(st['peak_bytes'])}]")
+
+
+def _sampling_options(fn):
+    fn = click.option("--max-new-tokens", default=256, show_default=True, help="Longest reply, in tokens.")(fn)
+    fn = click.option("--temperature", default=0.0, show_default=True, help="0 = greedy decoding.")(fn)
+    fn = click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling threshold.")(fn)
+    fn = click.option("--policy", type=click.Choice(["symphony", "sinks", "full"]), default=None,
+                      help="Cache policy (default: cache.policy from the config).")(fn)
+    return fn
+
+
+def _printer():
+    """Print tokens as they are generated, decoding incrementally so multi-byte characters come out whole."""
+    state = {"ids": [], "shown": 0}
+
+    def on_token(engine_tokenizer, token):
+        state["ids"].append(token)
+        text = engine_tokenizer.decode(state["ids"], skip_special_tokens=True)
+        if not text.endswith("\ufffd"):
+            click.echo(text[state["shown"]:], nl=False)
+            state["shown"] = len(text)
+
+    return on_token
+
+
 @main.command()
 @config_options
-@click.option("--file", "file", type=click.Path(dir_okay=False), help="Preload this document into the cache.")
-@click.option("--script", type=click.Path(dir_okay=False), help="Read turns from this file, one per line.")
-def chat(cfg, file, script):
-    """Interactive constant-memory chat (not built yet)."""
-    raise SymphonyError("`symphony chat` is not built yet")
+@click.option("--file", "file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Document of any length to stream before the prompt.")
+@click.option("--prompt", "-p", required=True, help="Question or instruction about the document.")
+@_sampling_options
+def generate(cfg, file, prompt, max_new_tokens, temperature, top_p, policy):
+    """Stream a document of any length through the bounded cache, then answer PROMPT about it."""
+    from symphony.engine import ChatSession, engine_from_config
+
+    engine = engine_from_config(cfg, policy=policy, progress=True)
+    session = ChatSession(engine)
+    session.preload(file)
+    printer = _printer()
+    session.say(prompt, max_new_tokens, on_token=lambda t: printer(engine.tokenizer, t),
+                temperature=temperature, top_p=top_p)
+    click.echo()
+    click.echo(_status_line(session), err=True)
+
+
+@main.command()
+@config_options
+@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False),
+              help="Preload this document into the cache (it opens the first user message).")
+@click.option("--script", type=click.Path(exists=True, dir_okay=False),
+              help="Read the user's turns from this file, one per line, instead of the keyboard.")
+@_sampling_options
+def chat(cfg, file, script, max_new_tokens, temperature, top_p, policy):
+    """Constant-memory chat: every turn streams through the same bounded cache, so a conversation
+    can go on forever. Reads turns from the keyboard, from piped stdin, or from --script.
+    Type /exit to leave. After each turn a status line shows tokens seen, cache size and peak memory."""
+    from symphony.engine import ChatSession, engine_from_config
+
+    engine = engine_from_config(cfg, policy=policy, progress=True)
+    session = ChatSession(engine)
+    if file:
+        session.preload(file)
+    interactive = script is None and sys.stdin.isatty()
+    lines = open(script, encoding="utf-8") if script else sys.stdin
+    if interactive:
+        click.echo(f"symphony chat ({cfg.model.name}, policy {engine.policy}); /exit to leave")
+    try:
+        while True:
+            if interactive:
+                click.echo("you> ", nl=False)
+            line = lines.readline()
+            if not line:
+                break
+            text = line.strip()
+            if not text:
+                continue
+            if text in ("/exit", "/quit"):
+                break
+            if not interactive:
+                click.echo(f"you> {text}")
+            click.echo("assistant> ", nl=False)
+            printer = _printer()
+            session.say(text, max_new_tokens, on_token=lambda t: printer(engine.tokenizer, t),
+                        temperature=temperature, top_p=top_p)
+            click.echo()
+            click.echo(_status_line(session))
+    finally:
+        if script:
+            lines.close()
+
+
+@main.command()
+@config_options
+@click.option("--length", type=int, default=None, help="Document length in tokens (default: 2x the context window).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo(cfg, length, seed):
+    """The main job: plant facts in a document longer than the model's context window, stream it at
+    constant memory, ask for each fact, and compare with the StreamingLLM (sinks) baseline."""
+    from symphony.demo import run_demo
+
+    run_demo(cfg, length=length, seed=seed)
 
 
 if __name__ == "__main__":  # pragma: no cover

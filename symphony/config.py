@@ -35,6 +35,8 @@ class CacheConfig:
     window: int = 1024  # most recent tokens
     segment_len: int = 256  # tokens per prefill forward; bounds activation memory
     span_len: int = 16  # the ledger keeps whole spans of this many tokens
+    recall_tokens: int = 32768  # token ids of evicted spans kept for recall (4 bytes each; 0 = off)
+    recall_budget: int = 192  # tokens of recalled spans re-read in front of a question
 
 
 @dataclass
@@ -184,6 +186,6 @@ def validate(cfg: SymphonyConfig) -> None:
         if value not in allowed:
             raise SymphonyError(f"config key '{key}' must be one of {', '.join(allowed)}; got '{value}'")
     c = cfg.cache
-    for key in ("sinks", "ledger", "window", "segment_len", "span_len"):
+    for key in ("sinks", "ledger", "window", "segment_len", "span_len", "recall_tokens", "recall_budget"):
         if getattr(c, key) < 0 or (key in ("window", "segment_len", "span_len") and getattr(c, key) < 1):
             raise SymphonyError(f"config key 'cache.{key}' must be positive; got {getattr(c, key)}")

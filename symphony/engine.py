@@ -6,7 +6,7 @@ input is fed `segment_len` tokens at a time and the cache is compacted after eve
 from __future__ import annotations
 
 import resource
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -17,6 +17,7 @@ from transformers import DynamicCache
 from symphony.cache import BoundedCache, cache_nbytes
 from symphony.chat_format import ChatFormat
 from symphony.config import CacheConfig, SalienceConfig
+from symphony.recall import RecallLedger
 from symphony.salience import RarityOracle, SalienceScorer
 
 POLICIES = ("full", "sinks", "symphony")
@@ -30,13 +31,14 @@ class Stream:
     scorer: SalienceScorer | None
     last_logits: torch.Tensor | None = None  # [V]: predicts the next token
     tokens_seen: int = 0
-    history: list[int] = field(default_factory=list)  # unused by default; see keep_history
+    recall: RecallLedger | None = None  # ids of evicted spans, re-read when a question needs them
 
     @property
     def occupied(self) -> int:
         return self.cache.get_seq_length()
 
     def nbytes(self) -> int:
+        """KV bytes held by the cache (the recall ledger's fixed id table is reported separately)."""
         return cache_nbytes(self.cache)
 
 
@@ -76,7 +78,10 @@ class StreamingEngine:
             return Stream(cache, None)
         cache = BoundedCache.for_model(self.model, c.sinks, c.ledger, c.window, c.span_len,
                                        self.salience_cfg.smooth_radius)
-        return Stream(cache, RarityOracle(self.salience_cfg))
+        recall = RecallLedger(c.recall_tokens, c.span_len) if c.recall_tokens > 0 else None
+        if recall is not None:
+            cache.on_archive = recall.add
+        return Stream(cache, RarityOracle(self.salience_cfg), recall=recall)
 
     # -- feeding -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -178,6 +183,21 @@ class StreamingEngine:
             self._chat_format = ChatFormat.from_tokenizer(self.tokenizer)
         return self._chat_format
 
+    def recalled(self, stream: Stream, query: str) -> list[int]:
+        """Token ids of evicted spans relevant to `query`, ready to re-read (empty without a recall ledger)."""
+        if stream.recall is None or len(stream.recall) == 0:
+            return []
+        runs = stream.recall.search(self.encode(query).tolist(), self.cache_cfg.recall_budget)
+        sep = self.encode("\n").tolist()
+        return [t for run in runs for t in run + sep]
+
+    def ask(self, stream: Stream, text: str, after: str) -> None:
+        """Feed a user message's text (preceded by any recalled spans) and the template's closing."""
+        recalled = self.recalled(stream, text)
+        if recalled:
+            self.ingest(stream, recalled + self.encode("\n").tolist())
+        self.ingest(stream, self.encode(text + after))
+
     def encode(self, text: str) -> torch.Tensor:
         return torch.tensor(self.tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
 
@@ -190,7 +210,7 @@ class StreamingEngine:
         if document:
             self.ingest(stream, self.encode(document), desc="document")
             question = "\n\n" + question
-        self.ingest(stream, self.encode(question + after))
+        self.ask(stream, question, after)
         return self.tokenizer.decode(self.decode(stream, max_new_tokens, **sampling), skip_special_tokens=True)
 
 
@@ -231,7 +251,7 @@ class ChatSession:
             eng.ingest_text_chunks(self.stream, iter_text_file(path), path.stat().st_size, desc=path.name)
             eng.ingest(self.stream, eng.encode("\n\n"))
         self._document_pending = []
-        eng.ingest(self.stream, eng.encode(text + after))
+        eng.ask(self.stream, text, after)
         reply = eng.decode(self.stream, max_new_tokens, on_token=on_token, **sampling)
         self.turns += 1
         return eng.tokenizer.decode(reply, skip_special_tokens=True)
@@ -262,3 +282,12 @@ def iter_text_file(path: str | Path, chunk_chars: int = 1 << 16) -> Iterator[str
             yield text[:cut]
     if carry:
         yield carry
+
+
+def engine_from_config(cfg, policy: str | None = None, progress: bool = True) -> StreamingEngine:
+    """Load the configured model and wrap it in a streaming engine."""
+    from symphony.models import freeze, load_model
+
+    loaded = load_model(cfg.model, seed=cfg.seed)
+    freeze(loaded.model)
+    return StreamingEngine(loaded.model, loaded.tokenizer, cfg.cache, cfg.salience, policy=policy, progress=progress)
