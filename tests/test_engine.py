@@ -1,0 +1,160 @@
+"""Streaming engine: decoding at constant memory, chat turns, recall ledger, CLI generate/chat."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from symphony.cli import main
+from symphony.config import load_config
+from symphony.engine import ChatSession, StreamingEngine, iter_text_file, sample
+from symphony.recall import RecallLedger
+
+
+@pytest.fixture
+def engine(tiny_loaded, tiny_cfg):
+    return StreamingEngine(tiny_loaded.model, tiny_loaded.tokenizer, tiny_cfg.cache, tiny_cfg.salience)
+
+
+def test_decode_compacts_so_long_generation_stays_bounded(engine):
+    stream = engine.new_stream()
+    engine.ingest(stream, torch.randint(0, 250, (300,)))
+    out = engine.decode(stream, 400, stop_ids=[])
+    assert len(out) == 400
+    assert stream.occupied <= engine.capacity + engine.cache_cfg.segment_len
+    assert stream.tokens_seen == 300 + 400  # every emitted token is fed back (a stop token is not)
+
+
+def test_decode_refuses_empty_stream(engine):
+    with pytest.raises(ValueError, match="ingest a prompt first"):
+        engine.decode(engine.new_stream(), 5)
+
+
+def test_sample_greedy_and_top_p():
+    logits = torch.tensor([0.1, 3.0, 2.9, -1.0])
+    assert sample(logits) == 1
+    g = torch.Generator().manual_seed(0)
+    assert all(sample(logits, temperature=1.0, top_p=1e-6, generator=g) == 1 for _ in range(20))
+
+
+def test_chat_session_turns_accumulate_and_stay_bounded(engine):
+    session = ChatSession(engine)
+    for i in range(12):
+        session.say(f"turn {i}: " + "tell me more about streams. " * 10, max_new_tokens=20)
+    st = session.status()
+    assert st["tokens_seen"] > engine.capacity  # the conversation outgrew the cache...
+    assert st["cache_slots"] <= engine.capacity + engine.cache_cfg.segment_len  # ...which stayed bounded
+    assert session.turns == 12
+
+
+def test_iter_text_file_reassembles_and_cuts_at_whitespace(tmp_path):
+    text = ("alpha beta\ngamma " * 5000) + "omega"
+    path = tmp_path / "doc.txt"
+    path.write_text(text)
+    pieces = list(iter_text_file(path, chunk_chars=1000))
+    assert len(pieces) > 10
+    assert "".join(pieces) == text
+    assert all(p[-1].isalpha() for p in pieces[:-1])  # cut before a space, never inside a word
+
+
+def test_recall_ledger_finds_span_and_neighbours():
+    led = RecallLedger(capacity_tokens=64, span_len=4)
+    rng = random.Random(0)
+    positions = torch.arange(40)
+    ids = torch.tensor([rng.randrange(100, 200) for _ in range(40)])
+    ids[20:24] = torch.tensor([7, 8, 9, 10])  # the "needle" span, with tokens found nowhere else
+    led.add(positions, ids, torch.zeros(40))
+    runs = led.search([8, 9, 42], budget_tokens=12, context=1)
+    flat = [t for r in runs for t in r]
+    assert [7, 8, 9, 10] == flat[4:8]  # the span with its previous neighbour in front
+    assert flat == ids[16:28].tolist()  # one contiguous run: neighbours on both sides, stream order
+    assert led.search([999], budget_tokens=12) == []  # nothing shares a token: nothing recalled
+
+
+def test_recall_ledger_is_fixed_size_and_keeps_best_spans():
+    led = RecallLedger(capacity_tokens=16, span_len=4)  # 4 spans
+    size = led.nbytes()
+    for start in range(0, 400, 4):
+        score = 10.0 if start in (100, 200) else 0.0
+        led.add(torch.arange(start, start + 4), torch.arange(start, start + 4), torch.full((4,), score))
+    assert led.nbytes() == size and len(led) == 4
+    kept = set(led.start.tolist())
+    assert {100, 200} <= kept
+
+
+def test_engine_recall_reads_archived_needle(tiny_loaded):
+    cfg = load_config("tiny", ["cache.ledger=16", "cache.window=32", "cache.segment_len=32"])
+    eng = StreamingEngine(tiny_loaded.model, tiny_loaded.tokenizer, cfg.cache, cfg.salience)
+    stream = eng.new_stream()
+    rng = random.Random(1)
+    hay = eng.encode("".join(rng.choice("abcdefghij ") for _ in range(600)))
+    needle = eng.encode("QZXJVK")  # characters the haystack never uses
+    eng.ingest(stream, torch.cat([hay[:300], needle, hay[300:]]))
+    assert not torch.isin(needle, stream.cache.token_ids).all()  # the KV cache alone lost it
+    recalled = eng.recalled(stream, "what is ZXJ?")
+    assert needle.tolist() == [t for t in recalled if t in needle.tolist()]
+
+
+def test_sinks_policy_has_no_ledger_and_same_capacity(tiny_loaded, tiny_cfg):
+    eng = StreamingEngine(tiny_loaded.model, tiny_loaded.tokenizer, tiny_cfg.cache, tiny_cfg.salience, policy="sinks")
+    stream = eng.new_stream()
+    eng.ingest(stream, torch.randint(0, 250, (1000,)))
+    assert stream.cache.budget.ledger == 0
+    assert stream.occupied == eng.capacity
+    assert stream.recall is None
+
+
+def test_cli_chat_with_piped_turns():
+    result = CliRunner().invoke(main, ["chat", "-c", "tiny", "--max-new-tokens", "8"],
+                                input="hello there\nsecond turn\n/exit\nnever read\n")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("[tokens seen") == 2
+    assert "you> hello there" in result.output and "never read" not in result.output
+
+
+def test_cli_chat_script_and_generate_with_file(tmp_path):
+    doc = tmp_path / "doc.txt"
+    doc.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    script = tmp_path / "turns.txt"
+    script.write_text("what jumps?\n\nwho is lazy?\n")
+    r = CliRunner().invoke(main, ["chat", "-c", "tiny", "--file", str(doc), "--script", str(script),
+                                  "--max-new-tokens", "5"])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("[tokens seen") == 2
+    r = CliRunner().invoke(main, ["generate", "-c", "tiny", "--file", str(doc), "-p", "what jumps?",
+                                  "--max-new-tokens", "5"])
+    assert r.exit_code == 0, r.output
+    assert "[tokens seen" in r.output
+
+
+def test_cli_generate_missing_file_is_one_line_error(tmp_path):
+    r = CliRunner().invoke(main, ["generate", "-c", "tiny", "--file", str(tmp_path / "nope.txt"), "-p", "x"])
+    assert r.exit_code == 2
+    assert "Traceback" not in r.output
+
+
+@pytest.mark.real_model
+def test_smollm2_recalls_needle_beyond_its_window(embedded_model_dir):
+    """A fact at 10% of a 3k-token document, with a cache of only 4+128+512 slots: the sinks baseline
+    has lost it; Symphony answers it exactly."""
+    from symphony.corpus import builtin_text
+    from symphony.engine import engine_from_config
+    from symphony.needle import Needle, build_haystack, contains_answer
+
+    cfg = load_config("smollm2-135m", ["cache.ledger=128", "cache.window=512"])
+    eng = engine_from_config(cfg, progress=False)
+    needle = Needle("lantern", "7301945", "number")
+    ids = build_haystack(eng.tokenizer, builtin_text(), 3000, 0.1, [needle])
+    answers = {}
+    for policy in ("symphony", "sinks"):
+        e = StreamingEngine(eng.model, eng.tokenizer, cfg.cache, cfg.salience, policy=policy)
+        stream = e.new_stream()
+        before, after = e.chat_format.first_user
+        e.ingest(stream, e.encode(before))
+        e.ingest(stream, torch.tensor(ids))
+        e.ask(stream, "\n\n" + needle.question, after)
+        answers[policy] = eng.tokenizer.decode(e.decode(stream, 24), skip_special_tokens=True)
+    assert contains_answer(answers["symphony"], needle.value), answers
+    assert not contains_answer(answers["sinks"], needle.value), answers
