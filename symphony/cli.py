@@ -234,5 +234,27 @@ def demo(cfg, length, seed):
     run_demo(cfg, length=length, seed=seed)
 
 
+@main.command()
+@config_options
+@click.option("--vram", default="8GB", show_default=True, metavar="SIZE",
+              help="GPU memory to plan for, e.g. 8GB, 7.5GiB, 24GB (GB means GiB).")
+@click.option("--model-config", "model_config", type=click.Path(exists=True), default=None, metavar="PATH",
+              help="Plan for this model instead: a config.json file or a directory holding one (offline).")
+@click.option("--segment-len", type=click.IntRange(min=1), default=None,
+              help="Tokens per prefill forward (default: cache.segment_len of the config).")
+def plan(cfg, vram, model_config, segment_len):
+    """Plan the VRAM budget: weights, activations, overhead and how many cache slots fit in --vram.
+
+    \b
+    Reads only the model's config (no weights); prints the budget table, a ready-to-paste
+    --set line for the sinks/ledger/window split, and whether the configured cache fits.
+    Example:  symphony plan --config qwen2.5-7b-8gb --vram 8GB --model-config ./Qwen2.5-7B-Instruct
+    """
+    from symphony.planner import plan_for, render_plan
+
+    for line in render_plan(plan_for(cfg, vram, model_config=model_config, segment_len=segment_len)):
+        click.echo(line)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
