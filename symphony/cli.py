@@ -111,18 +111,24 @@ def eval():  # noqa: A001 - the command is called `eval`
     """Evaluation suites: oom, needle, ppl, integrity (baselines in the same run)."""
 
 
-def _not_built(name: str):
-    @eval.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-    def cmd():
-        raise SymphonyError(f"`symphony eval {name}` is not built yet")
+def _register_eval_suites() -> None:
+    """Each suite lives in `evals/<name>.py` as a click command named `command`."""
+    import importlib
 
-    cmd.__doc__ = f"`{name}` suite (not built yet)."
-    cmd.help = cmd.__doc__
-    return cmd
+    for name in ("oom", "needle", "ppl", "integrity"):
+        try:
+            eval.add_command(importlib.import_module(f"evals.{name}").command, name)
+        except ModuleNotFoundError as e:
+            if e.name != f"evals.{name}":
+                raise
+
+            @eval.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+                          help=f"`{name}` suite (not built yet).")
+            def cmd(_name=name):
+                raise SymphonyError(f"`symphony eval {_name}` is not built yet")
 
 
-for _name in ("oom", "needle", "ppl", "integrity"):
-    _not_built(_name)
+_register_eval_suites()
 
 
 def _status_line(session) -> str:

@@ -1,0 +1,1 @@
+"""Eval suites' library code (`symphony eval ...`): results store with resume, memory limits, plots."""

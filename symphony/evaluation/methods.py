@@ -1,0 +1,29 @@
+"""Methods compared by every eval: `full` (DynamicCache), `sinks` (StreamingLLM), `symphony`."""
+from __future__ import annotations
+
+from symphony.engine import POLICIES
+from symphony.errors import SymphonyError
+
+
+def parse_methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in methods if m not in POLICIES]
+    if bad or not methods:
+        raise SymphonyError(f"unknown method(s) {', '.join(bad) or '(none)'}; choose from {', '.join(POLICIES)}")
+    return methods
+
+
+def parse_lengths(text: str) -> list[int]:
+    """'4k,8k,16k' or '4096,8192' -> token counts."""
+    out = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if not part:
+            continue
+        try:
+            out.append(int(float(part[:-1]) * 1024) if part.endswith("k") else int(part))
+        except ValueError:
+            raise SymphonyError(f"cannot read length '{part}'; use e.g. 4k,8k or 4096,8192") from None
+    if not out or min(out) <= 0:
+        raise SymphonyError("lengths must be positive token counts")
+    return out

@@ -1,0 +1,38 @@
+"""Options shared by every `symphony eval` suite."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+
+from symphony.errors import SymphonyError
+
+
+def eval_options(default_out: str):
+    """--methods, --out, --resume, --memory-limit, --checkpoint (plus --config/--set from the caller)."""
+
+    def deco(fn):
+        @click.option("--methods", "-m", default="full,sinks,symphony", show_default=True,
+                      help="Comma-separated methods: full (DynamicCache), sinks (StreamingLLM), symphony.")
+        @click.option("--out", "-o", default=default_out, show_default=True, type=click.Path(file_okay=False),
+                      help="Directory for the JSON results and PNG plots.")
+        @click.option("--resume", is_flag=True, help="Continue an interrupted run: finished cells are kept, not redone.")
+        @click.option("--memory-limit", default=None, metavar="SIZE",
+                      help="e.g. 8GB. Measurements projected above it are recorded as over_limit instead of run. "
+                           "Default: 80%% of free RAM (or of free GPU memory on CUDA).")
+        @click.option("--checkpoint", default=None, type=click.Path(),
+                      help="Trained memory adapters from a phase run (DIR/final).")
+        @functools.wraps(fn)
+        def wrapper(*args, methods, out, resume, memory_limit, checkpoint, **kwargs):
+            from symphony.evaluation.methods import parse_methods
+
+            if checkpoint is not None:
+                raise SymphonyError("--checkpoint needs trained memory adapters (phases 2-7), which are not built yet")
+            Path(out).mkdir(parents=True, exist_ok=True)
+            return fn(*args, methods=parse_methods(methods), out=Path(out), resume=resume,
+                      memory_limit=memory_limit, **kwargs)
+
+        return wrapper
+
+    return deco

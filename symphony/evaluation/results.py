@@ -1,0 +1,44 @@
+"""Results that survive interruption: every finished measurement is written at once (atomically),
+and a resumed run skips the cells it already has."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from symphony.errors import SymphonyError
+from symphony.io import atomic_write_json, read_json
+
+
+class ResultStore:
+    def __init__(self, path: str | Path, key_fields: Iterable[str], meta: dict[str, Any], resume: bool = False):
+        self.path = Path(path)
+        self.key_fields = tuple(key_fields)
+        self.meta = dict(meta)
+        self.rows: list[dict[str, Any]] = []
+        if self.path.exists():
+            if not resume:
+                raise SymphonyError(f"{self.path} exists; pass --resume to continue it, or choose another --out")
+            try:
+                old = read_json(self.path)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise SymphonyError(f"{self.path} is corrupt (not valid JSON); move it away and re-run") from None
+            self.rows = list(old.get("rows", []))
+        self._done = {self.key(r) for r in self.rows}
+
+    def key(self, row: dict[str, Any]) -> tuple:
+        return tuple(row.get(k) for k in self.key_fields)
+
+    def has(self, **cell: Any) -> bool:
+        return self.key(cell) in self._done
+
+    def add(self, row: dict[str, Any], extra: Callable[[list[dict]], dict] | None = None) -> None:
+        self.rows.append(row)
+        self._done.add(self.key(row))
+        self.save(extra)
+
+    def save(self, extra: Callable[[list[dict]], dict] | None = None) -> Path:
+        body = {**self.meta, "rows": self.rows}
+        if extra is not None:
+            body.update(extra(self.rows))
+        return atomic_write_json(self.path, body)
