@@ -90,9 +90,17 @@ class StreamingEngine:
         [q, V] if `all_logits`, else [V] for the last token."""
         ids = ids.reshape(-1).to(self.device)
         need_all = all_logits or stream.scorer is not None
+        # The next-token logits always come from the same `logits_to_keep=1` path `generate()` uses, so
+        # greedy decoding matches the base model whatever the policy; the other positions' logits (for
+        # salience and perplexity) are the LM head applied to the final hidden states.
         out = self.model(input_ids=ids[None], past_key_values=stream.cache, use_cache=True,
-                         logits_to_keep=0 if need_all else 1)
-        logits = out.logits[0]
+                         logits_to_keep=1, output_hidden_states=need_all)
+        last = out.logits[0, -1]
+        if need_all:
+            logits = self.model.get_output_embeddings()(out.hidden_states[-1][0])
+            logits[-1] = last
+        else:
+            logits = out.logits[0]
         if stream.scorer is not None and isinstance(stream.cache, BoundedCache):
             positions = torch.arange(stream.tokens_seen, stream.tokens_seen + ids.numel())
             scores = stream.scorer(ids, logits, stream.last_logits, positions)
@@ -100,7 +108,7 @@ class StreamingEngine:
         elif isinstance(stream.cache, BoundedCache):
             stream.cache.record(ids)
         stream.tokens_seen += ids.numel()
-        stream.last_logits = logits[-1].float()
+        stream.last_logits = last.float()
         return logits if all_logits else stream.last_logits
 
     def compact(self, stream: Stream) -> None:
