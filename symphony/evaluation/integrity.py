@@ -7,6 +7,7 @@ Symphony's engine, at short context and after a long unrelated prefix streamed t
 from __future__ import annotations
 
 import ast
+import copy
 import re
 import time
 from dataclasses import dataclass
@@ -117,15 +118,23 @@ def base_generate(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def engine_generate(engine: StreamingEngine, prompt: str, max_new_tokens: int, prefix_ids: list[int] | None = None) -> str:
-    """Through the engine: optional long unrelated prefix in the same user message, then the prompt."""
+def prefixed_stream(engine: StreamingEngine, prefix_ids: list[int] | None):
+    """A stream holding the opening of a user message and, optionally, a long unrelated prefix."""
     stream = engine.new_stream()
-    before, after = engine.chat_format.first_user
-    engine.ingest(stream, engine.encode(before))
+    engine.ingest(stream, engine.encode(engine.chat_format.first_user[0]))
     if prefix_ids:
         engine.ingest(stream, prefix_ids)
-        prompt = "\n\n" + prompt
-    engine.ask(stream, prompt, after)
+    return stream
+
+
+def engine_generate(engine: StreamingEngine, prompt: str, max_new_tokens: int, start=None) -> str:
+    """Through the engine: a fresh stream, or a copy of `start` (a stream with a long prefix, see
+    prefixed_stream) that the prompt continues after a blank line."""
+    if start is None:
+        stream = prefixed_stream(engine, None)
+    else:
+        stream, prompt = copy.deepcopy(start), "\n\n" + prompt
+    engine.ask(stream, prompt, engine.chat_format.first_user[1])
     return engine.tokenizer.decode(engine.decode(stream, max_new_tokens), skip_special_tokens=True)
 
 
@@ -133,7 +142,8 @@ def run_integrity(engine: StreamingEngine, prefix_tokens: int, max_new_tokens: i
                   checks: tuple[Check, ...] = BATTERY, on_row: Callable[[dict], None] | None = None,
                   done: Callable[[str], bool] = lambda name: False, progress: bool = True) -> list[dict]:
     model, tok = engine.model, engine.tokenizer
-    prefix = token_stream(tok, builtin_text(), prefix_tokens) if prefix_tokens > 0 else None
+    # the long prefix is streamed once; every check continues its own copy of that stream
+    prefixed = prefixed_stream(engine, token_stream(tok, builtin_text(), prefix_tokens)) if prefix_tokens > 0 else None
     rows = []
     for check in tqdm(checks, desc="integrity", unit="check", disable=not progress):
         if done(check.name):
@@ -141,7 +151,7 @@ def run_integrity(engine: StreamingEngine, prefix_tokens: int, max_new_tokens: i
         t0 = time.perf_counter()
         base_out = base_generate(model, tok, check.prompt, max_new_tokens)
         sym_out = engine_generate(engine, check.prompt, max_new_tokens)
-        long_out = engine_generate(engine, check.prompt, max_new_tokens, prefix) if prefix else None
+        long_out = engine_generate(engine, check.prompt, max_new_tokens, prefixed) if prefixed else None
         row = {
             "name": check.name,
             "category": check.category,
