@@ -230,10 +230,11 @@ def test_cli_missing_model_is_one_line_error(tmp_path):
     assert "model path not found" in line
 
 
-def test_cli_unbuilt_commands_exit_2(tmp_path):
-    assert "not built yet" in one_line_error(invoke("chat", "-c", "tiny"))
+def test_cli_lists_every_eval_suite():
+    res = invoke("eval", "--help")
+    assert res.exit_code == 0
     for suite in ("oom", "needle", "ppl", "integrity"):
-        assert "not built yet" in one_line_error(invoke("eval", suite))
+        assert suite in res.output
 
 
 def test_cli_info_on_tiny():
