@@ -230,10 +230,10 @@ def chat(cfg, file, script, max_new_tokens, temperature, top_p, policy):
 
 @main.command()
 @config_options
-@click.option("--length", type=int, default=None, help="Document length in tokens (default: 2x the context window).")
+@click.option("--length", type=int, default=None, help="Document length in tokens (default: 1.5x the context window).")
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo(cfg, length, seed):
-    """The main job: plant facts in a document longer than the model's context window, stream it at
+    """The main job: plant facts in a document 1.5x longer than the model's context window, stream it at
     constant memory, ask for each fact, and compare with the StreamingLLM (sinks) baseline."""
     from symphony.demo import run_demo
 

@@ -19,7 +19,7 @@ def run_demo(cfg, length: int | None = None, depths=(0.3, 0.7), seed: int = 0) -
     engine = engine_from_config(cfg, progress=True)
     model, tok = engine.model, engine.tokenizer
     window = context_window(model.config) or 4096
-    length = length or 2 * window
+    length = length or (3 * window) // 2
     corpus = builtin_text()
     per_token = kv_bytes_per_token(model.config, model.dtype.itemsize)
     click.echo(f"model: {cfg.model.name} ({type(model).__name__}), trained context {window:,} tokens, "

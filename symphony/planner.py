@@ -248,6 +248,8 @@ def plan_for(cfg, vram: str | int, model_config: str | Path | None = None, segme
     n_params = count_parameters_from_config(config)
     n_embedding = embedding_params(config)
     c = cfg.cache
+    # the recall ledger: 4 bytes per token id + a start position and score per span
+    memories += c.recall_tokens * 4 + (c.recall_tokens // max(1, c.span_len)) * 12
     plan = make_plan(config, n_params, n_embedding, dtype, cfg.model.quantization, limit,
                      segment_len or c.segment_len, memories=memories)
     return PlanReport(plan, model, config, n_params, n_embedding, dtype, cfg.model.quantization,
@@ -276,7 +278,7 @@ def render_plan(r: PlanReport) -> list[str]:
         ("weights", p.weights, f"{r.n_params:,} params ({r.n_embedding:,} in embeddings/lm_head)"),
         ("activations / segment", p.activations, f"{p.segment_len} tokens per forward, scores over"
                                                  f" {p.slots + p.segment_len:,} keys"),
-        ("memories", p.memories, "memory.kind none"),
+        ("memories", p.memories, "recall ledger (token ids of archived spans); memory.kind none"),
         ("CUDA context/allocator", p.overhead, "context, kernels, fragmentation"),
         ("cache slots", p.cache, f"({p.slots:,} slots + {p.segment_len} segment) x {p.kv_per_token:,} B/token"),
         ("headroom", p.headroom, "unused" + (f" (cache capped by the {p.context_window:,}-token context window)"
