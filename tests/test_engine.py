@@ -158,3 +158,26 @@ def test_smollm2_recalls_needle_beyond_its_window(embedded_model_dir):
         answers[policy] = eng.tokenizer.decode(e.decode(stream, 24), skip_special_tokens=True)
     assert contains_answer(answers["symphony"], needle.value), answers
     assert not contains_answer(answers["sinks"], needle.value), answers
+
+
+@pytest.mark.real_model
+def test_smollm2_bounded_cache_with_large_budget_is_bit_equal(embedded_model_dir):
+    """SmolLM2: generate() with a BoundedCache larger than the input equals DynamicCache bit for bit,
+    and the engine's segmented greedy decoding gives the same tokens."""
+    from transformers import DynamicCache
+
+    from symphony.cache import BoundedCache
+    from symphony.corpus import builtin_text
+    from symphony.engine import engine_from_config
+
+    cfg = load_config("smollm2-135m", ["cache.ledger=4096", "cache.window=4096", "cache.segment_len=128"])
+    eng = engine_from_config(cfg, progress=False)
+    m, tok = eng.model, eng.tokenizer
+    ids = tok(builtin_text()[:2000], return_tensors="pt").input_ids[:, :300]
+    ref = m.generate(ids, max_new_tokens=12, do_sample=False, past_key_values=DynamicCache(config=m.config))
+    got = m.generate(ids, max_new_tokens=12, do_sample=False,
+                     past_key_values=BoundedCache.for_model(m, 4, 4096, 4096))
+    assert torch.equal(ref, got)
+    stream = eng.new_stream()
+    eng.ingest(stream, ids[0])
+    assert eng.decode(stream, 12, stop_ids=[]) == ref[0, 300:].tolist()
