@@ -1,0 +1,355 @@
+"""Needle-in-a-haystack grid: context length x needle depth x trials, every method on the same inputs.
+
+Each cell (length, depth, trial) gets its own needle drawn from a generator seeded by the cell, so every
+method answers exactly the same question about exactly the same haystack, and a resumed run rebuilds the
+same inputs. Rows are saved the moment a trial finishes; a resumed run skips the cells it has.
+"""
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import psutil
+import torch
+from tqdm.auto import tqdm
+
+from symphony.errors import SymphonyError
+from symphony.evaluation.limits import default_memory_limit, projected_bytes
+from symphony.evaluation.results import ResultStore
+from symphony.io import read_json
+from symphony.needle import _KEYS, Needle, build_haystack, contains_answer, random_needle
+from symphony.planner import parse_size
+
+DEFAULT_LENGTHS = "1k,2k,4k,8k,16k,32k"
+DEFAULT_DEPTHS = ",".join(str(d) for d in range(0, 101, 10))
+NEEDLE_KINDS = ("number", "word", "uuid")
+MAX_DISTRACTORS = len(_KEYS) - 1
+NOT_RUN = ("over_limit", "oom")  # statuses of cells that were not (or could not be) measured
+
+
+# -- inputs ------------------------------------------------------------------------------------------
+def parse_depths(text: str) -> list[int | float]:
+    """'0,25,50' (percent) -> [0, 25, 50]; whole numbers stay ints so JSON keys read naturally."""
+    out: list[int | float] = []
+    for part in text.split(","):
+        part = part.strip().rstrip("%")
+        if not part:
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise SymphonyError(f"cannot read depth '{part}'; use percentages, e.g. 0,25,50,75,100") from None
+        if not 0 <= value <= 100:
+            raise SymphonyError(f"depth {part} is outside 0..100 (percent of the haystack)")
+        out.append(int(value) if value.is_integer() else value)
+    if not out:
+        raise SymphonyError("no depths given; use percentages, e.g. 0,25,50,75,100")
+    return list(dict.fromkeys(out))
+
+
+def cell_rng(seed: int, context_len: int, depth: int | float, trial: int) -> random.Random:
+    """A generator for one cell: the same (seed, cell) always draws the same needle, whatever ran before."""
+    return random.Random(f"needle:{seed}:{context_len}:{depth}:{trial}")
+
+
+def make_needles(rng: random.Random, kind: str = "number", distractors: int = 0) -> list[Needle]:
+    """The target needle first, then `distractors` needles of the same kind with other keys (and values)."""
+    if not 0 <= distractors <= MAX_DISTRACTORS:
+        raise SymphonyError(f"--distractors must be between 0 and {MAX_DISTRACTORS}; got {distractors}")
+    target = random_needle(rng, kind)
+    keys = [k for k in _KEYS if k != target.key]
+    rng.shuffle(keys)
+    needles = [target]
+    values = {target.value}
+    for key in keys[:distractors]:
+        for _ in range(64):  # distinct values where the kind allows it; never the target's value
+            n = random_needle(rng, kind, key=key)
+            if n.value not in values:
+                break
+        while n.value == target.value:
+            n = random_needle(rng, kind, key=key)
+        values.add(n.value)
+        needles.append(n)
+    return needles
+
+
+class _CorpusTokenizer:
+    """The tokenizer, except that the haystack corpus is tokenised once per run instead of once per
+    cell (build_haystack tokenises the whole corpus each call)."""
+
+    def __init__(self, tokenizer, corpus: str):
+        self._tok = tokenizer
+        self._corpus = corpus
+        self._encoded = tokenizer(corpus, add_special_tokens=False)
+
+    def __call__(self, text, *args, **kwargs):
+        if text is self._corpus:
+            return self._encoded
+        return self._tok(text, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+
+def cell_input(tokenizer, corpus: str, context_len: int, depth: int | float, trial: int, seed: int,
+               kind: str, distractors: int) -> tuple[list[Needle], list[int]]:
+    """The needles and the haystack token ids of one cell (identical for every method)."""
+    rng = cell_rng(seed, context_len, depth, trial)
+    needles = make_needles(rng, kind, distractors)
+    offset = rng.randrange(10_000)
+    try:
+        ids = build_haystack(tokenizer, corpus, context_len, depth / 100, needles, offset=offset)
+    except ValueError as e:
+        raise SymphonyError(f"length {context_len}: {e}") from None
+    return needles, ids
+
+
+# -- running -----------------------------------------------------------------------------------------
+def held_bytes(device: torch.device) -> int:
+    """Memory this process holds already: CUDA allocated bytes on GPU, resident set size on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    return int(psutil.Process().memory_info().rss)
+
+
+def memory_budget(text: str | None, device: torch.device) -> tuple[int, int]:
+    """(limit on the process's total, bytes held now). An explicit --memory-limit is the total;
+    the default (80% of what is free) is headroom on top of what is held already."""
+    base = held_bytes(device)
+    limit = parse_size(text) if text else default_memory_limit(device) + base
+    return limit, base
+
+
+def run_trial(engine, ids: list[int], question: str, max_new_tokens: int) -> str:
+    """Haystack then question as one user message through the chat template (as `symphony demo`);
+    the greedy answer, decoded."""
+    stream = engine.new_stream()
+    before, after = engine.chat_format.first_user
+    engine.ingest(stream, engine.encode(before))
+    engine.ingest(stream, torch.tensor(ids, dtype=torch.long))
+    engine.ask(stream, "\n\n" + question, after)
+    out = engine.decode(stream, max_new_tokens)
+    return engine.tokenizer.decode(out, skip_special_tokens=True).strip()
+
+
+def _acc(rows: list[dict]) -> float | None:
+    return sum(bool(r["correct"]) for r in rows) / len(rows) if rows else None
+
+
+def summarize(rows: list[dict]) -> dict[str, Any]:
+    """{"summary": {method: {accuracy, correct, trials, over_limit, oom, by_length, by_depth}}};
+    cells not measured (over_limit, oom) are counted, never scored."""
+    summary: dict[str, Any] = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        ok = [r for r in mine if r.get("status", "ok") == "ok"]
+        lengths = sorted({r["context_len"] for r in mine})
+        depths = sorted({r["depth"] for r in mine})
+        summary[method] = {
+            "accuracy": _acc(ok),
+            "correct": sum(bool(r["correct"]) for r in ok),
+            "trials": len(ok),
+            "over_limit": sum(r.get("status") == "over_limit" for r in mine),
+            "oom": sum(r.get("status") == "oom" for r in mine),
+            "by_length": {str(n): _acc([r for r in ok if r["context_len"] == n]) for n in lengths},
+            "by_depth": {str(d): _acc([r for r in ok if r["depth"] == d]) for d in depths},
+        }
+    return {"summary": summary}
+
+
+def fmt_len(n: int) -> str:
+    return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
+def _settings_guard(path: Path, settings: dict[str, Any]) -> None:
+    """A resumed run must measure the same thing as the run it continues."""
+    if not path.exists():
+        return
+    old = read_json(path).get("settings")
+    if old is None or old == settings:
+        return
+    diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+    raise SymphonyError(f"{path} was made with different settings ({', '.join(diff)}); "
+                        "resume with the same options, or choose another --out")
+
+
+def run_needle(cfg, methods: list[str], out: Path, resume: bool = False, memory_limit: str | None = None,
+               lengths: list[int] | None = None, depths: list[int | float] | None = None, trials: int = 1,
+               seed: int = 0, haystack: str | None = None, needle_kind: str = "number", distractors: int = 0,
+               max_new_tokens: int = 32, echo: Callable[[str], None] = click.echo) -> dict[str, Any]:
+    """Run the grid (skipping cells already in out/needle.json when resuming); write JSON, heatmaps, table."""
+    from symphony.corpus import builtin_text, load_text
+    from symphony.engine import StreamingEngine, engine_from_config
+    from symphony.models.info import context_window, kv_bytes_per_token
+
+    lengths = lengths or [1024 << i for i in range(6)]
+    depths = depths if depths is not None else parse_depths(DEFAULT_DEPTHS)
+    if trials < 1:
+        raise SymphonyError("--trials must be at least 1")
+    if needle_kind not in NEEDLE_KINDS:
+        raise SymphonyError(f"unknown needle kind {needle_kind!r}; choose {', '.join(NEEDLE_KINDS)}")
+    if not 0 <= distractors <= MAX_DISTRACTORS:
+        raise SymphonyError(f"--distractors must be between 0 and {MAX_DISTRACTORS}; got {distractors}")
+    path = Path(out) / "needle.json"
+    store = ResultStore(path, key_fields=("method", "context_len", "depth", "trial"), meta={}, resume=resume)
+
+    corpus = load_text(haystack) if haystack else builtin_text()
+    settings = {
+        "model": cfg.model.name, "dtype": cfg.model.dtype, "seed": seed, "needle": needle_kind,
+        "distractors": distractors, "haystack": haystack or "builtin", "haystack_chars": len(corpus),
+        "max_new_tokens": max_new_tokens, "salience": dict(vars(cfg.salience)),
+        # the method is per row, so the configured default policy does not matter
+        "cache": {k: v for k, v in vars(cfg.cache).items() if k != "policy"},
+    }
+    _settings_guard(path, settings)
+
+    base_engine = engine_from_config(cfg, progress=False)
+    model, tok = base_engine.model, base_engine.tokenizer
+    engines = {m: StreamingEngine(model, tok, cfg.cache, cfg.salience, policy=m) for m in methods}
+    device = base_engine.device
+    window = context_window(model.config)
+    kv_per_token = kv_bytes_per_token(model.config, model.dtype.itemsize)
+    limit, base = memory_budget(memory_limit, device)
+    store.meta.update({
+        "suite": "needle", "settings": settings, "model_window": window, "kv_bytes_per_token": kv_per_token,
+        "memory_limit_bytes": limit, "device": str(device),
+        "lengths": lengths, "depths": depths, "trials": trials, "methods": methods,
+    })
+    hay_tok = _CorpusTokenizer(tok, corpus)
+    before, after = base_engine.chat_format.first_user
+
+    cells = [(n, d, t) for n in lengths for d in depths for t in range(trials)]
+    bar = tqdm(total=len(cells) * len(methods), desc="needle", unit="trial")
+    for n, d, t in cells:
+        todo = [m for m in methods if not store.has(method=m, context_len=n, depth=d, trial=t)]
+        bar.update(len(methods) - len(todo))
+        if not todo:
+            continue
+        needles, ids = cell_input(hay_tok, corpus, n, d, t, seed, needle_kind, distractors)
+        target = needles[0]
+        # tokens besides the haystack: template, question, recalled spans, answer (a `full` cache holds them too)
+        extra = (len(tok(before + "\n\n" + target.question + after, add_special_tokens=False).input_ids)
+                 + cfg.cache.recall_budget + max_new_tokens)
+        for m in todo:
+            eng = engines[m]
+            proj = projected_bytes(model, m, n + extra, eng.capacity, cfg.cache.segment_len, kv_per_token, base)
+            row: dict[str, Any] = {"method": m, "context_len": n, "depth": d, "trial": t, "expected": target.value,
+                                   "generated": None, "correct": None, "seconds": None}
+            bar.set_postfix_str(f"{m} {fmt_len(n)} @{d}%")
+            if proj > limit:
+                row.update(status="over_limit", projected_bytes=proj)
+            else:
+                t0 = time.perf_counter()
+                try:
+                    generated = run_trial(eng, ids, target.question, max_new_tokens)
+                except torch.cuda.OutOfMemoryError:
+                    row.update(status="oom", projected_bytes=proj)
+                else:
+                    row.update(generated=generated, correct=contains_answer(generated, target.value),
+                               seconds=round(time.perf_counter() - t0, 3), status="ok")
+                finally:
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+            row["beyond_window"] = bool(window and n > window)
+            store.add(row, extra=summarize)
+            bar.update(1)
+    bar.close()
+    store.save(extra=summarize)
+
+    summary = summarize(store.rows)["summary"]
+    model_name = cfg.model.name
+    for m in dict.fromkeys(r["method"] for r in store.rows):
+        plot_heatmap(store.rows, m, Path(out) / f"needle_{m}.png", model_name=model_name, window=window)
+    for line in accuracy_table(store.rows, summary):
+        echo(line)
+    echo(f"results: {path}; heatmaps: {', '.join(f'needle_{m}.png' for m in summary)}")
+    return {"rows": store.rows, "summary": summary, "path": path}
+
+
+# -- reporting ---------------------------------------------------------------------------------------
+def accuracy_table(rows: list[dict], summary: dict[str, Any]) -> list[str]:
+    """method x length accuracy; 'over' where a cell was over the memory limit (or ran out of memory)."""
+    lengths = sorted({r["context_len"] for r in rows})
+    head = f"{'method':<10}" + "".join(f"{fmt_len(n):>8}" for n in lengths) + f"{'all':>8}"
+    lines = ["needle accuracy by context length", head]
+    for m, s in summary.items():
+        cells = []
+        for n in lengths:
+            here = [r for r in rows if r["method"] == m and r["context_len"] == n]
+            acc = s["by_length"].get(str(n))
+            if acc is not None:
+                cells.append(f"{acc:>8.0%}")
+            elif here and all(r.get("status") in NOT_RUN for r in here):
+                cells.append(f"{'over':>8}")
+            else:
+                cells.append(f"{'-':>8}")
+        total = f"{s['accuracy']:>8.0%}" if s["accuracy"] is not None else f"{'-':>8}"
+        lines.append(f"{m:<10}" + "".join(cells) + total)
+    return lines
+
+
+def plot_heatmap(rows: list[dict], method: str, path: str | Path, model_name: str = "",
+                 window: int | None = None) -> Path:
+    """Depth (y) x context length (x), accuracy coloured red -> yellow -> green, each cell annotated;
+    cells over the memory limit are grey and hatched; a dashed line marks the model's context window."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import LinearSegmentedColormap
+    from matplotlib.patches import Rectangle
+
+    mine = [r for r in rows if r["method"] == method]
+    lengths = sorted({r["context_len"] for r in mine})
+    depths = sorted({r["depth"] for r in mine})
+    acc = np.full((len(depths), len(lengths)), np.nan)
+    skipped = np.zeros_like(acc, dtype=bool)
+    for i, d in enumerate(depths):
+        for j, n in enumerate(lengths):
+            here = [r for r in mine if r["depth"] == d and r["context_len"] == n]
+            ok = [r for r in here if r.get("status", "ok") == "ok"]
+            if ok:
+                acc[i, j] = _acc(ok)
+            elif here:
+                skipped[i, j] = True
+
+    cmap = LinearSegmentedColormap.from_list("needle", ["#F0496E", "#EBB839", "#0CD79F"]).with_extremes(bad="white")
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.0 * len(lengths) + 2.5), max(3.5, 0.42 * len(depths) + 1.8)))
+    im = ax.imshow(np.ma.masked_invalid(acc), cmap=cmap, vmin=0, vmax=1, aspect="auto")
+    for i in range(len(depths)):
+        for j in range(len(lengths)):
+            if skipped[i, j]:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#d0d0d0", edgecolor="#808080",
+                                       hatch="///", linewidth=0.5))
+                ax.text(j, i, "over\nlimit", ha="center", va="center", fontsize=7, color="#404040")
+            elif not np.isnan(acc[i, j]):
+                ax.text(j, i, f"{acc[i, j]:.0%}", ha="center", va="center", fontsize=8, color="black")
+    ax.set_xticks(range(len(lengths)), [fmt_len(n) for n in lengths])
+    ax.set_yticks(range(len(depths)), [f"{d:g}%" for d in depths])
+    ax.set_xticks(np.arange(-0.5, len(lengths)), minor=True)
+    ax.set_yticks(np.arange(-0.5, len(depths)), minor=True)
+    ax.grid(which="minor", color="white", linewidth=1.5)
+    ax.tick_params(which="minor", length=0)
+    xlabel = "context length (tokens)"
+    if window and lengths[0] <= window < lengths[-1]:
+        x = max(j for j, n in enumerate(lengths) if n <= window) + 0.5
+        ax.axvline(x, color="black", linestyle="--", linewidth=1.2)
+        xlabel += f"; dashed: the model's context window ({fmt_len(window)})"
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("needle depth (% of the document)")
+    ok_rows = [r for r in mine if r.get("status", "ok") == "ok"]
+    overall = _acc(ok_rows)
+    title = f"needle in a haystack: {method}" + (f" ({model_name})" if model_name else "")
+    if overall is not None:
+        title += f"\naccuracy {overall:.0%} over {len(ok_rows)} trials"
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="accuracy")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
