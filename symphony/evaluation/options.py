@@ -20,7 +20,7 @@ def eval_options(default_out: str):
         @click.option("--resume", is_flag=True, help="Continue an interrupted run: finished cells are kept, not redone.")
         @click.option("--memory-limit", default=None, metavar="SIZE",
                       help="e.g. 8GB. Measurements projected above it are recorded as over_limit instead of run. "
-                           "Default: 80%% of free RAM (or of free GPU memory on CUDA).")
+                           "Default: 80% of free RAM (or of free GPU memory on CUDA).")
         @click.option("--checkpoint", default=None, type=click.Path(),
                       help="Trained memory adapters from a phase run (DIR/final).")
         @functools.wraps(fn)
