@@ -158,6 +158,15 @@ def test_non_causal_model_type_is_refused(tmp_path):
         load_model(ModelConfig(name=str(tmp_path)))
 
 
+def test_bert_encoder_is_refused_even_though_it_has_an_lm_head_class(tmp_path):
+    from transformers import BertConfig
+
+    BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=64).save_pretrained(tmp_path)
+    with pytest.raises(SymphonyError, match="not a decoder-only causal LM"):
+        load_model(ModelConfig(name=str(tmp_path)))
+
+
 def test_local_checkpoint_directory_loads(tmp_path):
     """A regular transformers checkpoint dir (as save_pretrained writes it) loads as kind 'dir'."""
     model = tiny_model("tiny-qwen2", seed=3)

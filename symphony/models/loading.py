@@ -77,10 +77,17 @@ def resolve_source(name: str) -> ModelSource:
     return ModelSource("hub", name)
 
 
+# Encoders that transformers can also run with an LM head (BertLMHeadModel, ...): not decoder-only models.
+_ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "electra", "ernie", "rembert",
+                  "roc_bert", "roberta-prelayernorm", "data2vec-text", "megatron-bert", "big_bird", "xmod",
+                  "bert-generation", "qdqbert"}
+
+
 def _check_causal_lm(config) -> None:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    if getattr(config, "is_encoder_decoder", False) or config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    encoder = config.model_type in _ENCODER_TYPES and not getattr(config, "is_decoder", False)
+    if encoder or getattr(config, "is_encoder_decoder", False) or config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise SymphonyError(
             f"model type '{config.model_type}' is not a decoder-only causal LM; Symphony needs one (Llama, Qwen2, Mistral, ...)"
         )
