@@ -49,7 +49,8 @@ def calibration_stats(model, tokenizer, text_source: str, n_tokens: int, segment
         "text": text_source,
         "tokens": count,
         "segment_len": segment_len,
-        # index 0 is the embedding output, index i the output of decoder layer i-1
+        # index 0: embedding output; index i: output of decoder layer i-1, except the last entry, which
+        # transformers reports after the final norm (what the LM head reads)
         "hidden_norm_mean": [round(float(x) / count, 6) for x in hid_sum],
         "mlp_out_norm_mean": [round(float(x) / count, 6) for x in mlp_sum],
     }
