@@ -181,7 +181,13 @@ class BoundedCache(Cache):
                 left -= int(sizes[i])
                 if left == 0:
                     break
-        return middle[keep_span[inverse]]
+        keep = keep_span[inverse]
+        if left > 0:  # no whole span fits the rest: top up with the best remaining tokens, so the
+            # cache always holds exactly `capacity` slots (constant bytes at every length)
+            rest = torch.nonzero(~keep)[:, 0]
+            best = rest[torch.argsort(span_score[inverse[rest]], descending=True, stable=True)[:left]]
+            keep[best] = True
+        return middle[keep]
 
     def compact(self) -> int:
         """Evict down to capacity; returns the number of evicted slots. Cheap no-op when under budget."""

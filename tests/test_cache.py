@@ -369,3 +369,21 @@ def test_rarity_oracle_combines_surprisal_and_novelty():
     scores = oracle(ids, logits, None, torch.arange(4))
     novelty = torch.tensor([1.0, 1.0, 1.0, 0.0])  # (_,1) (1,2) (2,1) new; second (1,2) repeats
     torch.testing.assert_close(scores, surprisal(ids, logits, None) + 4.0 * novelty)
+
+
+def test_ledger_fills_exactly_to_capacity_when_spans_do_not_divide_it():
+    """sinks=3 and span_len=8 leave partial spans at the window boundary; the ledger still fills to
+    its budget, so occupied == capacity (and bytes are identical) after every compaction."""
+    from symphony.cache import BoundedCache
+
+    cache = BoundedCache(num_layers=1, sinks=3, ledger=21, window=10, span_len=8, smooth_radius=0)
+    sizes = set()
+    for step in range(20):
+        q = 7
+        k = torch.randn(1, 1, q, 4)
+        cache.update(k, k.clone(), 0)
+        cache.record(torch.arange(q), torch.rand(q))
+        cache.compact()
+        if cache.tokens_seen > cache.capacity:
+            sizes.add(cache.occupied())
+    assert sizes == {cache.capacity}
