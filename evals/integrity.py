@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from symphony.cli import config_options
+from symphony.cli_options import config_options
 from symphony.evaluation.options import eval_options
 
 

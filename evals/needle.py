@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from symphony.cli import config_options
+from symphony.cli_options import config_options
 from symphony.evaluation.needle import DEFAULT_DEPTHS, DEFAULT_LENGTHS, NEEDLE_KINDS
 from symphony.evaluation.options import eval_options
 

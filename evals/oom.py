@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import click
 
-# symphony.cli imports this module from `_register_eval_suites()`, which runs at the end of its own
-# import, after `config_options` is defined: this import finds it there.
-from symphony.cli import config_options
+from symphony.cli_options import config_options
 from symphony.evaluation.options import eval_options
 
 

@@ -1,12 +1,12 @@
 """The `symphony` command line. Thin: every command calls into the library."""
 from __future__ import annotations
 
-import functools
 import os
 import sys
 
 import click
 
+from symphony.cli_options import config_options
 from symphony.errors import SymphonyError
 
 
@@ -16,22 +16,6 @@ def _quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-
-
-def config_options(fn):
-    """--config and --set, shared by every command that needs a config."""
-
-    @click.option("--config", "-c", "config_name", default="smollm2-135m", show_default=True,
-                  help="Preset name (tiny, smollm2-135m, qwen2.5-1.5b, qwen2.5-7b-8gb) or a YAML file.")
-    @click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE",
-                  help="Override a config key, e.g. --set cache.window=2048 (repeatable).")
-    @functools.wraps(fn)
-    def wrapper(*args, config_name, overrides, **kwargs):
-        from symphony.config import load_config
-
-        return fn(*args, cfg=load_config(config_name, overrides), **kwargs)
-
-    return wrapper
 
 
 class SymphonyGroup(click.Group):

@@ -1,0 +1,23 @@
+"""Click options shared by the CLI and the eval suites (a module of its own, so `evals/` can import it
+without importing the CLI that imports them)."""
+from __future__ import annotations
+
+import functools
+
+import click
+
+
+def config_options(fn):
+    """--config and --set, shared by every command that needs a config."""
+
+    @click.option("--config", "-c", "config_name", default="smollm2-135m", show_default=True,
+                  help="Preset name (tiny, smollm2-135m, qwen2.5-1.5b, qwen2.5-7b-8gb) or a YAML file.")
+    @click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE",
+                  help="Override a config key, e.g. --set cache.window=2048 (repeatable).")
+    @functools.wraps(fn)
+    def wrapper(*args, config_name, overrides, **kwargs):
+        from symphony.config import load_config
+
+        return fn(*args, cfg=load_config(config_name, overrides), **kwargs)
+
+    return wrapper
