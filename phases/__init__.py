@@ -8,7 +8,7 @@ from symphony.errors import SymphonyError
 # number -> (name, module with a `run(cfg, run_dir, force)` function, or None while not built)
 PHASES: dict[int, tuple[str, str | None]] = {
     1: ("freeze", "phases.phase1_freeze"),
-    2: ("inject", None),
+    2: ("inject", "phases.phase2_inject"),
     3: ("dataset", None),
     4: ("coarse pre-training", None),
     5: ("HEP-DNA", None),

@@ -88,6 +88,15 @@ def run_phase(phase, cfg, run_dir, force):
         p = result["parameters"]
         click.echo(f"  {result['model']['architecture']}: {p['total']:,} parameters, {p['trainable']} trainable;"
                    f" calibrated on {result['stats']['tokens']} tokens")
+    elif phase == 2:
+        m = result["memory"]
+        what = f"{m['kind']} on layers {','.join(map(str, m['layers']))}" if m["kind"] != "none" else "no memory"
+        pointer = " + pointer heads" if m["pointer"] else ""
+        click.echo(f"  {what}{pointer}: {result['parameters']['trainable']:,} trainable parameters;"
+                   f" logits equal to the base: {str(result['logits_equal']).lower()}"
+                   f" (max abs diff {result['max_abs_diff']:.3g} over {result['verification']['tokens']} tokens)")
+        if m["kind"] == "none" and not m["pointer"]:
+            click.echo("  (memory.kind is none: add --set memory.kind=fhrr or titans to inject a memory)")
 
 
 @main.group()

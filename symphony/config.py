@@ -6,6 +6,7 @@ that name the key and list the valid ones, so a typo never silently does nothing
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,23 @@ class CalibrationConfig:
     segment_len: int = 512
 
 
+MEMORY_KINDS = ("none", "fhrr", "titans")
+
+
+@dataclass
+class MemoryConfig:
+    """Memory adapters attached to the frozen model (phase 2 onwards); kind none = the bare base model."""
+
+    kind: str = "none"  # none | fhrr | titans
+    pointer: bool = False  # on: HEP-DNA salience router + copy head (saved with the adapters)
+    layers: str = "last:2"  # decoder layers that get an adapter: all | last:N | first:N | 0,3,5 (negative = from the end)
+    heads: int = 0  # memory heads per layer; 0 -> the model's attention heads
+    holo_dim: int = 1024  # FHRR phasors per key (capacity ~4x this many pairs at >= 90% top-1)
+    chunk_size: int = 64  # tokens per chunk of the FHRR scan / per Titans surprise step
+    titans_hidden: int = 0  # Titans memory MLP hidden width; 0 -> 2 x head dim
+    gate_init: float = 0.0  # adapter gate at injection; 0.0 makes the injected model exactly the base model
+
+
 @dataclass
 class SymphonyConfig:
     preset: str = "custom"
@@ -64,6 +82,7 @@ class SymphonyConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     salience: SalienceConfig = field(default_factory=SalienceConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -181,6 +200,7 @@ def validate(cfg: SymphonyConfig) -> None:
         "model.device": (cfg.model.device, ("cpu", "cuda", "auto")),
         "model.quantization": (cfg.model.quantization, ("none", "4bit", "8bit")),
         "cache.policy": (cfg.cache.policy, ("symphony", "sinks", "full")),
+        "memory.kind": (cfg.memory.kind, MEMORY_KINDS),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -189,3 +209,48 @@ def validate(cfg: SymphonyConfig) -> None:
     for key in ("sinks", "ledger", "window", "segment_len", "span_len", "recall_tokens", "recall_budget"):
         if getattr(c, key) < 0 or (key in ("window", "segment_len", "span_len") and getattr(c, key) < 1):
             raise SymphonyError(f"config key 'cache.{key}' must be positive; got {getattr(c, key)}")
+    m = cfg.memory
+    for key in ("heads", "holo_dim", "chunk_size", "titans_hidden"):
+        if getattr(m, key) < 0 or (key in ("holo_dim", "chunk_size") and getattr(m, key) < 1):
+            raise SymphonyError(f"config key 'memory.{key}' must be positive; got {getattr(m, key)}")
+    if not math.isfinite(m.gate_init):
+        raise SymphonyError(f"config key 'memory.gate_init' must be a finite number; got {m.gate_init}")
+    parse_layer_spec(m.layers)
+
+
+_LAYERS_HELP = "all, last:N, first:N or a comma list of layer indices such as 0,3,5"
+
+
+def parse_layer_spec(spec: str, num_layers: int | None = None) -> list[int]:
+    """`memory.layers` -> sorted layer indices. Checks the syntax; with `num_layers`, also the range."""
+    text = str(spec).strip().lower()
+
+    def bad(why: str = "") -> SymphonyError:
+        return SymphonyError(f"config key 'memory.layers' must be {_LAYERS_HELP}; got '{spec}'{why}")
+
+    if text == "all":
+        return list(range(num_layers)) if num_layers is not None else []
+    if text.startswith(("last:", "first:")):
+        head, _, count = text.partition(":")
+        if not count.strip().isdigit() or int(count) < 1:
+            raise bad()
+        n = int(count)
+        if num_layers is None:
+            return []
+        if n > num_layers:
+            raise bad(f" (the model has {num_layers} layers)")
+        return list(range(num_layers - n, num_layers)) if head == "last" else list(range(n))
+    parts = [p.strip() for p in text.split(",")]
+    if not parts or any(not p.lstrip("-").isdigit() for p in parts):
+        raise bad()
+    idx = [int(p) for p in parts]
+    if num_layers is None:
+        return []
+    out = set()
+    for i in idx:
+        if not -num_layers <= i < num_layers:
+            raise bad(f" (layer {i} does not exist: the model has {num_layers} layers, 0-{num_layers - 1})")
+        out.add(i % num_layers)
+    if len(out) != len(idx):
+        raise bad(" (a layer is listed twice)")
+    return sorted(out)

@@ -17,6 +17,8 @@ from transformers import DynamicCache
 from symphony.cache import BoundedCache, cache_nbytes
 from symphony.chat_format import ChatFormat
 from symphony.config import CacheConfig, SalienceConfig
+from symphony.memory import state_nbytes
+from symphony.memory.inject import memory_adapters
 from symphony.recall import RecallLedger
 from symphony.salience import RarityOracle, SalienceScorer
 
@@ -32,6 +34,7 @@ class Stream:
     last_logits: torch.Tensor | None = None  # [V]: predicts the next token
     tokens_seen: int = 0
     recall: RecallLedger | None = None  # ids of evicted spans, re-read when a question needs them
+    memory: list | None = None  # the memory adapters' recurrent states (one per adapter; None: no adapters)
 
     @property
     def occupied(self) -> int:
@@ -40,6 +43,10 @@ class Stream:
     def nbytes(self) -> int:
         """KV bytes held by the cache (the recall ledger's fixed id table is reported separately)."""
         return cache_nbytes(self.cache)
+
+    def memory_nbytes(self) -> int:
+        """Bytes of the memory adapters' states (fixed whatever the length; 0 without adapters)."""
+        return state_nbytes(self.memory) if self.memory is not None else 0
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -62,6 +69,7 @@ class StreamingEngine:
         self.progress = progress
         self.device = next(model.parameters()).device
         self._chat_format: ChatFormat | None = None
+        self._adapters = memory_adapters(model)  # refreshed by new_stream (a model may be injected later)
 
     # -- streams -------------------------------------------------------------------------------
     @property
@@ -70,6 +78,14 @@ class StreamingEngine:
         return None if self.policy == "full" else c.sinks + c.ledger + c.window
 
     def new_stream(self) -> Stream:
+        """A fresh stream: empty cache and, with memory adapters, fresh (empty) memory states."""
+        stream = self._new_stream()
+        self._adapters = memory_adapters(self.model)
+        if self._adapters:
+            stream.memory = [None] * len(self._adapters)
+        return stream
+
+    def _new_stream(self) -> Stream:
         c = self.cache_cfg
         if self.policy == "full":
             return Stream(DynamicCache(config=self.model.config), None)
@@ -93,8 +109,20 @@ class StreamingEngine:
         # The next-token logits always come from the same `logits_to_keep=1` path `generate()` uses, so
         # greedy decoding matches the base model whatever the policy; the other positions' logits (for
         # salience and perplexity) are the LM head applied to the final hidden states.
-        out = self.model(input_ids=ids[None], past_key_values=stream.cache, use_cache=True,
-                         logits_to_keep=1, output_hidden_states=need_all)
+        adapters = self._adapters
+        if adapters:  # each stream carries its own memory: swap its states into the adapters for this forward
+            if stream.memory is None or len(stream.memory) != len(adapters):
+                raise ValueError("this stream was made before the model's memory adapters changed; use new_stream()")
+            for adapter, state in zip(adapters, stream.memory):
+                adapter.state = state
+        try:
+            out = self.model(input_ids=ids[None], past_key_values=stream.cache, use_cache=True,
+                             logits_to_keep=1, output_hidden_states=need_all)
+            if adapters:
+                stream.memory = [adapter.state for adapter in adapters]
+        finally:
+            for adapter in adapters:
+                adapter.state = None  # no stream's state stays behind in the model
         last = out.logits[0, -1]
         if need_all:
             logits = self.model.get_output_embeddings()(out.hidden_states[-1][0])

@@ -54,6 +54,10 @@ def read_manifest(run_dir: str | Path, phase: int, needed_by: int | None = None)
         raise SymphonyError(f"{path} is corrupt (not valid JSON); re-run: symphony run-phase {phase} --force") from None
 
 
+def make_manifest(phase: int, body: dict) -> dict:
+    """A phase manifest: phase number, creation time, library versions, then the phase's own fields."""
+    return {"phase": phase, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions(), **body}
+
+
 def write_manifest(run_dir: str | Path, phase: int, body: dict) -> Path:
-    manifest = {"phase": phase, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions(), **body}
-    return atomic_write_json(manifest_path(run_dir, phase), manifest)
+    return atomic_write_json(manifest_path(run_dir, phase), make_manifest(phase, body))

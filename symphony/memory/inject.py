@@ -1,0 +1,284 @@
+"""Inject memory adapters into a frozen HF causal LM; save and load their weights.
+
+    adapters = inject(model, cfg.memory)        # base frozen, zero-gated adapters on the configured layers
+    save_adapters(model, out_dir, manifest)     # out_dir/adapters.safetensors + out_dir/manifest.json
+    load_adapters(model, out_dir)               # into a model injected with the same memory config
+
+Checkpoint keys are the adapters' names inside the model (e.g. `model.layers.1.mlp.memory_adapter.gate`,
+`symphony_pointer.copy_head.gate_scale`), so a checkpoint made for other layers or other sizes is
+refused with the missing / unexpected / mis-shaped keys named, never loaded partially.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from symphony.config import MemoryConfig, parse_layer_spec
+from symphony.errors import SymphonyError
+from symphony.io import atomic_write_bytes, atomic_write_json, read_json
+from symphony.memory.adapter import ATTR, MemoryAdapter
+from symphony.memory.fhrr import FHRRConfig, FHRRMemory
+from symphony.memory.pointer import CopyHead, SalienceRouter
+from symphony.memory.titans import TitansConfig, TitansMemory
+
+ADAPTERS_FILE = "adapters.safetensors"
+MANIFEST_FILE = "manifest.json"
+POINTER_ATTR = "symphony_pointer"
+
+
+class PointerHeads(nn.Module):
+    """HEP-DNA's trainable parts, kept on the model as `symphony_pointer` so they save with the adapters."""
+
+    def __init__(self, hidden_size: int, embed_size: int):
+        super().__init__()
+        self.router = SalienceRouter(hidden_size)
+        self.copy_head = CopyHead(hidden_size, embed_size)  # gate_scale starts at exactly 0
+
+
+# ---- finding things on a model -----------------------------------------------------------------------
+
+def _decoder_layers(model):
+    from symphony.calibration import decoder_layers
+
+    try:
+        return decoder_layers(model)
+    except ValueError as e:
+        raise SymphonyError(f"cannot inject memory adapters: {e}") from None
+
+
+def _text_config(model):
+    c = model.config
+    return c.get_text_config() if hasattr(c, "get_text_config") else c
+
+
+def memory_adapters(model: nn.Module) -> list[MemoryAdapter]:
+    """The model's memory adapters, in layer order (empty when none is injected)."""
+    return [m for m in model.modules() if isinstance(m, MemoryAdapter)]
+
+
+def pointer_heads(model: nn.Module) -> PointerHeads | None:
+    return getattr(model, POINTER_ATTR, None)
+
+
+def has_memory(model: nn.Module) -> bool:
+    return bool(memory_adapters(model)) or pointer_heads(model) is not None
+
+
+# ---- per-stream memory state -------------------------------------------------------------------------
+
+def memory_states(model: nn.Module) -> list[Any]:
+    """The current recurrent state of every adapter (layer order); None entries are fresh memories."""
+    return [a.state for a in memory_adapters(model)]
+
+
+def set_memory_states(model: nn.Module, states: list[Any] | None) -> None:
+    """Install states read by `memory_states` (None: reset every adapter to a fresh memory)."""
+    adapters = memory_adapters(model)
+    if states is None:
+        states = [None] * len(adapters)
+    if len(states) != len(adapters):
+        raise ValueError(f"got {len(states)} memory states for {len(adapters)} adapters")
+    for a, s in zip(adapters, states):
+        a.state = s
+
+
+def reset_memory_states(model: nn.Module) -> None:
+    set_memory_states(model, None)
+
+
+# ---- injection ---------------------------------------------------------------------------------------
+
+def build_memory(mem_cfg: MemoryConfig, dim: int, model_heads: int) -> nn.Module:
+    heads = mem_cfg.heads or model_heads
+    if mem_cfg.kind == "fhrr":
+        return FHRRMemory(FHRRConfig(dim=dim, heads=heads, holo_dim=mem_cfg.holo_dim, chunk_size=mem_cfg.chunk_size))
+    if mem_cfg.kind == "titans":
+        return TitansMemory(TitansConfig(dim=dim, heads=heads, hidden=mem_cfg.titans_hidden,
+                                         chunk_size=mem_cfg.chunk_size))
+    raise SymphonyError(f"config key 'memory.kind' must be fhrr or titans to build a memory; got '{mem_cfg.kind}'")
+
+
+def _branch_placement(module: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where a branch beside `module` lives: its device; float32 (float64 for a float64 model) parameters."""
+    p = next(module.parameters(), None)  # 4/8-bit weights are not floating point but sit on the right device
+    device = p.device if p is not None else torch.device("cpu")
+    if device.type == "meta":
+        raise SymphonyError("cannot inject memory adapters into a model whose weights are offloaded (meta device)")
+    f64 = any(q.dtype == torch.float64 for q in module.parameters())
+    return device, (torch.float64 if f64 else torch.float32)
+
+
+def inject(model: nn.Module, mem_cfg: MemoryConfig, seed: int = 0) -> list[MemoryAdapter]:
+    """Freeze `model` and attach zero-gated memory adapters (and the pointer heads when `mem_cfg.pointer`).
+
+    Only the new parameters require grad. Initialisation is seeded (same seed, same adapters) and does not
+    touch the global RNG. Returns the adapters in layer order ([] for kind none)."""
+    if has_memory(model):
+        raise SymphonyError("this model already has memory adapters; inject into a freshly loaded model")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    layers = _decoder_layers(model)
+    tc = _text_config(model)
+    dim, heads = tc.hidden_size, tc.num_attention_heads
+    adapters: list[MemoryAdapter] = []
+    # built on the CPU from a seeded generator, then moved; the base was frozen above, so the new
+    # parameters keep their own requires_grad (True, except what a memory's config holds fixed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if mem_cfg.kind != "none":
+            for i in parse_layer_spec(mem_cfg.layers, len(layers)):
+                mlp = getattr(layers[i], "mlp", None)
+                if mlp is None:
+                    raise SymphonyError(f"decoder layer {i} of {type(model).__name__} has no `mlp` to attach to")
+                device, dtype = _branch_placement(mlp)
+                memory = build_memory(mem_cfg, dim, heads).to(device=device, dtype=dtype)
+                adapter = MemoryAdapter(memory, mem_cfg.kind, i, mem_cfg.gate_init).to(device)
+                adapters.append(adapter.attach(mlp))
+        if mem_cfg.pointer:
+            device, dtype = _branch_placement(model)
+            embed = model.get_input_embeddings().embedding_dim
+            setattr(model, POINTER_ATTR, PointerHeads(dim, embed).to(device=device, dtype=dtype))
+    return adapters
+
+
+def remove_adapters(model: nn.Module) -> None:
+    """Undo `inject`: detach every adapter and the pointer heads (the base model is left as loaded)."""
+    for layer in _decoder_layers(model):
+        mlp = getattr(layer, "mlp", None)
+        adapter = getattr(mlp, ATTR, None) if mlp is not None else None
+        if isinstance(adapter, MemoryAdapter):
+            adapter.detach_from(mlp)
+    if pointer_heads(model) is not None:
+        delattr(model, POINTER_ATTR)
+
+
+def _adapter_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, (MemoryAdapter, PointerHeads))]
+
+
+def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for _, m in _adapter_modules(model) for p in m.parameters()]
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every adapter / pointer tensor, keyed by its name inside the model."""
+    out: dict[str, torch.Tensor] = {}
+    for name, module in _adapter_modules(model):
+        for key, t in module.state_dict().items():
+            out[f"{name}.{key}"] = t
+    return out
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ---- checkpoints -------------------------------------------------------------------------------------
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_adapters(model: nn.Module, out_dir: str | Path, manifest: dict | None = None) -> dict:
+    """Write `out_dir/adapters.safetensors`, then `out_dir/manifest.json` (`manifest` plus an `adapters`
+    entry: file, sha256, tensor and parameter counts), each atomically; the manifest goes last, so its
+    presence means the pair is complete. Returns the manifest written."""
+    from safetensors.torch import save
+
+    out_dir = Path(out_dir)
+    tensors = {k: t.detach().to("cpu").contiguous() for k, t in adapter_state_dict(model).items()}
+    path = atomic_write_bytes(out_dir / ADAPTERS_FILE, save(tensors, metadata={"format": "pt"}))
+    manifest = dict(manifest or {})
+    manifest["adapters"] = {
+        "file": ADAPTERS_FILE,
+        "sha256": _sha256(path),
+        "bytes": path.stat().st_size,
+        "tensors": len(tensors),
+        "parameters": sum(t.numel() for t in tensors.values()),
+    }
+    atomic_write_json(out_dir / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def _rebuild_hint(out_dir: Path) -> str:
+    m = re.fullmatch(r"phase(\d)", out_dir.name)
+    if m:
+        return f"symphony run-phase {m.group(1)} --run-dir {out_dir.parent} --force"
+    return "re-run the phase that wrote it with --force (symphony run-phase N --run-dir DIR --force)"
+
+
+def _listing(keys: list[str], limit: int = 4) -> str:
+    keys = sorted(keys)
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _read_checkpoint(out_dir: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = out_dir / ADAPTERS_FILE
+    rebuild = _rebuild_hint(out_dir)
+    if not path.is_file():
+        raise SymphonyError(f"no adapter checkpoint at {path}; build it: {rebuild.removesuffix(' --force')}")
+    manifest = None
+    mpath = out_dir / MANIFEST_FILE
+    if mpath.is_file():
+        try:
+            manifest = read_json(mpath)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise SymphonyError(f"{mpath} is corrupt (not valid JSON); rebuild it: {rebuild}") from None
+        expected = (manifest.get("adapters") or {}).get("sha256")
+        if expected and _sha256(path) != expected:
+            raise SymphonyError(f"{path} is corrupt (its sha256 does not match {mpath}); rebuild it: {rebuild}")
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise SymphonyError(f"{path} is corrupt or not a safetensors file ({reason}); rebuild it: {rebuild}") from None
+    return tensors, manifest
+
+
+def load_adapters(model: nn.Module, out_dir: str | Path) -> dict | None:
+    """Load `out_dir/adapters.safetensors` into a model injected with the same memory config.
+
+    Refuses (SymphonyError, one line) a checkpoint whose keys or shapes differ from the model's adapters;
+    nothing is loaded then. Returns the checkpoint's manifest (None when it has none)."""
+    out_dir = Path(out_dir)
+    tensors, manifest = _read_checkpoint(out_dir)
+    own = adapter_state_dict(model)
+    missing = [k for k in own if k not in tensors]
+    unexpected = [k for k in tensors if k not in own]
+    shapes = [f"{k} {list(tensors[k].shape)} vs {list(own[k].shape)}" for k in own
+              if k in tensors and tensors[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_listing(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_listing(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatch (checkpoint vs model): {_listing(shapes, 2)}")
+        made_with = ""
+        made_cfg = ((manifest or {}).get("config") or {}).get("memory")
+        if isinstance(made_cfg, dict):
+            made_with = "; it was made with " + " ".join(f"memory.{k}={v}" for k, v in made_cfg.items())
+        raise SymphonyError(
+            f"adapter checkpoint {out_dir / ADAPTERS_FILE} does not match this model's memory adapters ("
+            + "; ".join(parts)
+            + f"){made_with}; use the same --set memory.* options, or rebuild: {_rebuild_hint(out_dir)}"
+        )
+    with torch.no_grad():
+        for k, t in own.items():
+            t.copy_(tensors[k].to(dtype=t.dtype))
+    return manifest
