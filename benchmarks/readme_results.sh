@@ -14,7 +14,7 @@ $S eval oom --lengths 4k,16k,64k --methods sinks,symphony,full --time-limit 1200
 $S eval needle --lengths 2k,8k --depths 10,50,90 --methods full,sinks,symphony --out results/needle --resume
 $S eval needle --lengths 2k,8k,32k --depths 10,50,90 --methods sinks,symphony --out results/needle --resume
 # ablation: Symphony without the recall ledger (KV ledger only)
-$S eval needle --lengths 8k,32k --depths 10,50,90 --methods symphony --set cache.recall_tokens=0 \
+$S eval needle --lengths 8k --depths 10,50,90 --methods symphony --set cache.recall_tokens=0 \
     --out results/needle_norecall --resume
 # streaming perplexity at 8k and 32k tokens
 $S eval ppl --max-tokens 8192 --out results/ppl8k --resume

@@ -1,0 +1,79 @@
+"""Print the README's result tables (markdown) from the JSON the eval commands wrote.
+
+    python benchmarks/results_tables.py [RESULTS_DIR]      # default: results/
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def mb(n):
+    return "-" if n is None else f"{n / 2**20:,.1f} MB"
+
+
+def load(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def oom(d):
+    print("| method | context | peak RSS | cache | ingest tok/s | decode ms/tok | status |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for r in sorted(d["rows"], key=lambda r: (r["method"], r["context_len"])):
+        fmt = lambda k, f: "-" if r.get(k) is None else f(r[k])  # noqa: E731
+        extra = ""
+        if r.get("projected_bytes") and r["status"] != "ok":
+            extra = f" (projected {mb(r['projected_bytes'])})"
+        if r.get("projected_s") and r["status"] != "ok":
+            extra = f" (projected {r['projected_s']:,.0f} s)"
+        print(f"| {r['method']} | {r['context_len']:,} | {mb(r.get('peak_mem_bytes'))} | {mb(r.get('cache_bytes'))} | "
+              f"{fmt('ingest_tok_s', lambda v: f'{v:,.0f}')} | {fmt('decode_ms_per_tok', lambda v: f'{v:,.0f}')} | "
+              f"{r['status']}{extra} |")
+
+
+def needle(d):
+    lengths = sorted({r["context_len"] for r in d["rows"]})
+    print("| method | " + " | ".join(f"{n // 1024}k" for n in lengths) + " | all |")
+    print("|---|" + "---:|" * (len(lengths) + 1))
+    for m, s in d["summary"].items():
+        cells = []
+        for n in lengths:
+            got = [r for r in d["rows"] if r["method"] == m and r["context_len"] == n and r.get("correct") is not None]
+            cells.append(f"{sum(r['correct'] for r in got)}/{len(got)}" if got else "not run")
+        print(f"| {m} | " + " | ".join(cells) + f" | {s['correct']}/{s['trials']} |")
+
+
+def ppl(d):
+    print("| method | tokens | budget (slots) | NLL | perplexity |")
+    print("|---|---:|---:|---:|---:|")
+    for r in d["rows"]:
+        print(f"| {r['method']} | {r['tokens']:,} | {r['budget']:,} | {r['nll']:.4f} | {r['ppl']:.3f} |")
+
+
+def integrity(d):
+    s = d["summary"]
+    pct = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731
+    print("| category | base correct | Symphony correct | Symphony after long prefix | same output as base |")
+    print("|---|---:|---:|---:|---:|")
+    for cat, v in s["by_category"].items():
+        print(f"| {cat} | {pct(v['base_ok'])} | {pct(v['symphony_ok'])} | {pct(v['symphony_long_ok'])} | {pct(v['same_output'])} |")
+    print(f"| **all ({s['checks']} checks)** | {pct(s['base_ok'])} | {pct(s['symphony_ok'])} | "
+          f"{pct(s['symphony_long_ok'])} | {pct(s['same_output'])} |")
+
+
+def main():
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "results")
+    for title, path, fn in [("oom", "oom/oom.json", oom), ("needle", "needle/needle.json", needle),
+                            ("needle without recall ledger", "needle_norecall/needle.json", needle),
+                            ("ppl 8k", "ppl8k/ppl.json", ppl), ("ppl 32k", "ppl32k/ppl.json", ppl),
+                            ("integrity", "integrity/integrity.json", integrity)]:
+        d = load(root / path)
+        if d is None:
+            continue
+        print(f"\n### {title}\n")
+        fn(d)
+
+
+if __name__ == "__main__":
+    main()
