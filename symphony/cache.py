@@ -215,17 +215,11 @@ class BoundedCache(Cache):
 
     def nbytes(self) -> int:
         """Bytes held by key/value tensors of all layers (the metadata adds 20 bytes per slot)."""
-        total = 0
-        for layer in self.layers:
-            if layer.is_initialized and layer.keys is not None:
-                total += layer.keys.nbytes + layer.values.nbytes
-        return total
+        return cache_nbytes(self)
 
 
 def cache_nbytes(cache) -> int:
     """Bytes of KV held by any transformers Cache (BoundedCache or DynamicCache)."""
-    if isinstance(cache, BoundedCache):
-        return cache.nbytes()
     total = 0
     for layer in getattr(cache, "layers", []):
         if getattr(layer, "is_initialized", False) and layer.keys is not None:
