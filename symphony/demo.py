@@ -36,11 +36,8 @@ def run_demo(cfg, length: int | None = None, depths=(0.3, 0.7), seed: int = 0) -
             eng = StreamingEngine(model, tok, cfg.cache, cfg.salience, policy=policy, progress=True)
             stream = eng.new_stream()
             t0 = time.perf_counter()
-            before, after = eng.chat_format.first_user
-            eng.ingest(stream, eng.encode(before))
-            eng.ingest(stream, torch.tensor(ids), desc=f"{policy:>8} ingest")
-            eng.ask(stream, "\n\n" + needle.question, after)
-            answer = tok.decode(eng.decode(stream, 32), skip_special_tokens=True).strip()
+            answer = eng.answer(needle.question, torch.tensor(ids), stream=stream, max_new_tokens=32,
+                                desc=f"{policy:>8} ingest").strip()
             ok = contains_answer(answer, needle.value)
             row = dict(policy=policy, depth=depth, expected=needle.value, answer=answer, correct=ok,
                        cache_bytes=stream.nbytes(), seconds=time.perf_counter() - t0)

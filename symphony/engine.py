@@ -237,14 +237,15 @@ class StreamingEngine:
     def encode(self, text: str) -> torch.Tensor:
         return torch.tensor(self.tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
 
-    def answer(self, question: str, document: str | None = None, stream: Stream | None = None,
-               max_new_tokens: int = 64, **sampling) -> str:
-        """Stream `document` then `question` as one user message through the chat template, and reply."""
+    def answer(self, question: str, document: str | list[int] | torch.Tensor | None = None,
+               stream: Stream | None = None, max_new_tokens: int = 64, desc: str = "document", **sampling) -> str:
+        """Stream `document` (text or token ids) then `question` as one user message through the chat
+        template, and reply."""
         stream = stream or self.new_stream()
         before, after = self.chat_format.first_user
         self.ingest(stream, self.encode(before))
-        if document:
-            self.ingest(stream, self.encode(document), desc="document")
+        if document is not None and len(document):
+            self.ingest(stream, self.encode(document) if isinstance(document, str) else document, desc=desc)
             question = "\n\n" + question
         self.ask(stream, question, after)
         return self.tokenizer.decode(self.decode(stream, max_new_tokens, **sampling), skip_special_tokens=True)

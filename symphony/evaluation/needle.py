@@ -126,13 +126,7 @@ def memory_budget(text: str | None, device: torch.device) -> tuple[int, int]:
 def run_trial(engine, ids: list[int], question: str, max_new_tokens: int) -> str:
     """Haystack then question as one user message through the chat template (as `symphony demo`);
     the greedy answer, decoded."""
-    stream = engine.new_stream()
-    before, after = engine.chat_format.first_user
-    engine.ingest(stream, engine.encode(before))
-    engine.ingest(stream, torch.tensor(ids, dtype=torch.long))
-    engine.ask(stream, "\n\n" + question, after)
-    out = engine.decode(stream, max_new_tokens)
-    return engine.tokenizer.decode(out, skip_special_tokens=True).strip()
+    return engine.answer(question, torch.tensor(ids, dtype=torch.long), max_new_tokens=max_new_tokens).strip()
 
 
 def _acc(rows: list[dict]) -> float | None:
