@@ -102,6 +102,7 @@ class BoundedCache(Cache):
         # called at each compaction with (positions, token_ids, salience) of every slot that has left the
         # window (kept in the ledger or evicted), e.g. RecallLedger.add
         self.on_archive = None
+        self.last_keep: torch.Tensor | None = None  # slot indices kept by the last compaction (old numbering)
 
     @classmethod
     def for_model(cls, model, sinks: int, ledger: int, window: int, span_len: int = 16, smooth_radius: int = 4):
@@ -204,6 +205,7 @@ class BoundedCache(Cache):
         self.positions = self.positions[keep]
         self.token_ids = self.token_ids[keep]
         self.salience = self.salience[keep]
+        self.last_keep = keep
         self.compactions += 1
         return n - len(keep)
 

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from symphony.cli_options import config_options
+from symphony.cli_options import checkpoint_option, config_options
 from symphony.errors import SymphonyError
 
 
@@ -138,7 +138,7 @@ def _sampling_options(fn):
     fn = click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling threshold.")(fn)
     fn = click.option("--policy", type=click.Choice(["symphony", "sinks", "full"]), default=None,
                       help="Cache policy (default: cache.policy from the config).")(fn)
-    return fn
+    return checkpoint_option(fn)
 
 
 def _printer():

@@ -21,3 +21,20 @@ def config_options(fn):
         return fn(*args, cfg=load_config(config_name, overrides), **kwargs)
 
     return wrapper
+
+
+def checkpoint_option(fn):
+    """--checkpoint DIR: load trained memory adapters (sets `memory.checkpoint`; needs `cfg` from config_options)."""
+
+    @click.option("--checkpoint", default=None, type=click.Path(),
+                  help="Trained memory adapters: a phase run's directory (its final/ or newest phaseN/ is used) "
+                       "or an adapter directory. Used by the symphony method; baselines stay the base model.")
+    @functools.wraps(fn)
+    def wrapper(*args, checkpoint, **kwargs):
+        if checkpoint is not None:
+            from symphony.memory.inject import find_checkpoint
+
+            kwargs["cfg"].memory.checkpoint = str(find_checkpoint(checkpoint))  # fail now, not after loading
+        return fn(*args, **kwargs)
+
+    return wrapper

@@ -71,6 +71,8 @@ class MemoryConfig:
     chunk_size: int = 64  # tokens per chunk of the FHRR scan / per Titans surprise step
     titans_hidden: int = 0  # Titans memory MLP hidden width; 0 -> 2 x head dim
     gate_init: float = 0.0  # adapter gate at injection; 0.0 makes the injected model exactly the base model
+    checkpoint: str = ""  # trained adapters to load (a phase run's DIR, DIR/final or DIR/phaseN); their own
+    # manifest then sets the memory.* keys above. Empty: no adapters (the bare base model)
 
 
 @dataclass

@@ -6,6 +6,7 @@ input is fed `segment_len` tokens at a time and the cache is compacted after eve
 from __future__ import annotations
 
 import resource
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -18,7 +19,8 @@ from symphony.cache import BoundedCache, cache_nbytes
 from symphony.chat_format import ChatFormat
 from symphony.config import CacheConfig, SalienceConfig
 from symphony.memory import state_nbytes
-from symphony.memory.inject import memory_adapters
+from symphony.memory.inject import adapters_off, memory_adapters, pointer_heads
+from symphony.memory.pointer import RouterScorer
 from symphony.recall import RecallLedger
 from symphony.salience import RarityOracle, SalienceScorer
 
@@ -34,7 +36,8 @@ class Stream:
     last_logits: torch.Tensor | None = None  # [V]: predicts the next token
     tokens_seen: int = 0
     recall: RecallLedger | None = None  # ids of evicted spans, re-read when a question needs them
-    memory: list | None = None  # the memory adapters' recurrent states (one per adapter; None: no adapters)
+    # per memory adapter: (recurrent state, inputs of the tokens the cache still holds), None: no adapters
+    memory: list | None = None
 
     @property
     def occupied(self) -> int:
@@ -45,7 +48,8 @@ class Stream:
         return cache_nbytes(self.cache)
 
     def memory_nbytes(self) -> int:
-        """Bytes of the memory adapters' states (fixed whatever the length; 0 without adapters)."""
+        """Bytes of the memory adapters' states and of their not-yet-evicted inputs (bounded by the
+        cache's slot count; 0 without adapters)."""
         return state_nbytes(self.memory) if self.memory is not None else 0
 
 
@@ -69,7 +73,14 @@ class StreamingEngine:
         self.progress = progress
         self.device = next(model.parameters()).device
         self._chat_format: ChatFormat | None = None
-        self._adapters = memory_adapters(model)  # refreshed by new_stream (a model may be injected later)
+        self._find_memory()
+
+    def _find_memory(self) -> None:
+        """The model's memory adapters and pointer heads. Only the `symphony` policy uses them: the
+        `full` and `sinks` baselines run the bare base model even when the model carries adapters."""
+        mine = self.policy == "symphony"
+        self._adapters = memory_adapters(self.model) if mine else []
+        self._pointer = pointer_heads(self.model) if mine else None
 
     # -- streams -------------------------------------------------------------------------------
     @property
@@ -80,9 +91,11 @@ class StreamingEngine:
     def new_stream(self) -> Stream:
         """A fresh stream: empty cache and, with memory adapters, fresh (empty) memory states."""
         stream = self._new_stream()
-        self._adapters = memory_adapters(self.model)
+        self._find_memory()  # a model may have been injected since the engine was made
         if self._adapters:
-            stream.memory = [None] * len(self._adapters)
+            stream.memory = [(None, None)] * len(self._adapters)
+        if self._pointer is not None and stream.scorer is not None:  # the learned router refines the oracle
+            stream.scorer = RouterScorer(self._pointer.router, base=stream.scorer)
         return stream
 
     def _new_stream(self) -> Stream:
@@ -109,39 +122,86 @@ class StreamingEngine:
         # The next-token logits always come from the same `logits_to_keep=1` path `generate()` uses, so
         # greedy decoding matches the base model whatever the policy; the other positions' logits (for
         # salience and perplexity) are the LM head applied to the final hidden states.
-        adapters = self._adapters
-        if adapters:  # each stream carries its own memory: swap its states into the adapters for this forward
-            if stream.memory is None or len(stream.memory) != len(adapters):
-                raise ValueError("this stream was made before the model's memory adapters changed; use new_stream()")
-            for adapter, state in zip(adapters, stream.memory):
-                adapter.state = state
-        try:
+        copying = self._copy_active()
+        need_all = need_all or copying
+        with self._memory_of(stream):
             out = self.model(input_ids=ids[None], past_key_values=stream.cache, use_cache=True,
                              logits_to_keep=1, output_hidden_states=need_all)
-            if adapters:
-                stream.memory = [adapter.state for adapter in adapters]
-        finally:
-            for adapter in adapters:
-                adapter.state = None  # no stream's state stays behind in the model
         last = out.logits[0, -1]
+        hidden = out.hidden_states[-1][0] if need_all else None
         if need_all:
-            logits = self.model.get_output_embeddings()(out.hidden_states[-1][0])
+            logits = self.model.get_output_embeddings()(hidden)
             logits[-1] = last
         else:
             logits = out.logits[0]
+        positions = torch.arange(stream.tokens_seen, stream.tokens_seen + ids.numel())
         if stream.scorer is not None and isinstance(stream.cache, BoundedCache):
-            positions = torch.arange(stream.tokens_seen, stream.tokens_seen + ids.numel())
-            scores = stream.scorer(ids, logits, stream.last_logits, positions)
+            scores = stream.scorer(ids, logits, stream.last_logits, positions, hidden=hidden)
             stream.cache.record(ids, scores)
         elif isinstance(stream.cache, BoundedCache):
             stream.cache.record(ids)
+        if copying and isinstance(stream.cache, BoundedCache):
+            rows = slice(None) if all_logits else slice(-1, None)
+            mixed = self._copy_mix(stream.cache, hidden[rows], logits[rows], positions[rows])
+            logits[rows] = mixed.to(logits.dtype)
+            last = mixed[-1]
         stream.tokens_seen += ids.numel()
         stream.last_logits = last.float()
         return logits if all_logits else stream.last_logits
 
+    @contextmanager
+    def _memory_of(self, stream: Stream):
+        """Install the stream's memory states in the adapters for one forward (each stream carries its own),
+        and take them back after; the baselines run with every adapter switched off."""
+        if not self._adapters:
+            with adapters_off(self.model):
+                yield
+            return
+        if stream.memory is None or len(stream.memory) != len(self._adapters):
+            raise ValueError("this stream was made before the model's memory adapters changed; use new_stream()")
+        deferred = isinstance(stream.cache, BoundedCache)  # the memory stores what the cache evicts
+        for adapter, (state, pending) in zip(self._adapters, stream.memory):
+            adapter.state, adapter.pending, adapter.defer_writes = state, pending, deferred
+        try:
+            yield
+            stream.memory = [(a.state, a.pending) for a in self._adapters]
+        finally:
+            for adapter in self._adapters:  # no stream's state stays behind in the model
+                adapter.state, adapter.pending, adapter.defer_writes = None, None, False
+
+    def _copy_active(self) -> bool:
+        """The copy head joins decoding once trained (gate scale > 0); at exactly 0 it is skipped (a no-op)."""
+        return self._pointer is not None and float(self._pointer.copy_head.gate_scale) > 0
+
+    def _copy_mix(self, cache: BoundedCache, hidden: torch.Tensor, logits: torch.Tensor,
+                  positions: torch.Tensor) -> torch.Tensor:
+        """Pointer-generator: the LM's distribution mixed with a copy distribution over the tokens the cache
+        holds (up to each query's own position). Returns log-probabilities [q, V]."""
+        from symphony.memory.pointer import causal_source_mask
+
+        known = cache.token_ids >= 0
+        src_ids, src_pos = cache.token_ids[known], cache.positions[known]
+        dev = hidden.device
+        embeds = self.model.get_input_embeddings()(src_ids.to(dev))
+        mask = causal_source_mask(positions + 1, src_pos).to(dev)  # the token at the query itself may be copied
+        return self._pointer.copy_head(hidden[None], logits[None], embeds[None], src_ids.to(dev)[None], mask)[0]
+
+    @torch.no_grad()
     def compact(self, stream: Stream) -> None:
-        if isinstance(stream.cache, BoundedCache):
-            stream.cache.compact()
+        """Evict down to the cache's capacity; the memory adapters then store the evicted tokens."""
+        if not isinstance(stream.cache, BoundedCache):
+            return
+        before = stream.occupied
+        if not stream.cache.compact() or not self._adapters:
+            return
+        keep = stream.cache.last_keep
+        with self._memory_of(stream):
+            for adapter in self._adapters:
+                if adapter.pending is None or adapter.pending.shape[1] != before:
+                    raise RuntimeError(f"memory adapter of layer {adapter.layer_idx} holds "
+                                       f"{0 if adapter.pending is None else adapter.pending.shape[1]} pending rows for "
+                                       f"{before} cache slots: every forward on this stream must go through feed()")
+                adapter.evict(keep)
 
     def ingest(self, stream: Stream, ids: Iterable[int] | torch.Tensor, desc: str | None = None,
                on_segment: Callable[[Stream, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor | None:
@@ -322,9 +382,14 @@ def iter_text_file(path: str | Path, chunk_chars: int = 1 << 16) -> Iterator[str
 
 
 def engine_from_config(cfg, policy: str | None = None, progress: bool = True) -> StreamingEngine:
-    """Load the configured model and wrap it in a streaming engine."""
+    """Load the configured model (with the trained adapters of `memory.checkpoint`, if set) and wrap it in
+    a streaming engine."""
     from symphony.models import freeze, load_model
 
     loaded = load_model(cfg.model, seed=cfg.seed)
     freeze(loaded.model)
+    if cfg.memory.checkpoint:
+        from symphony.memory.inject import load_checkpoint
+
+        load_checkpoint(loaded.model, cfg.memory.checkpoint, model_name=cfg.model.name)
     return StreamingEngine(loaded.model, loaded.tokenizer, cfg.cache, cfg.salience, policy=policy, progress=progress)

@@ -30,7 +30,8 @@ VERIFY_SEGMENT = 256  # at most this many per forward: the memory state carries 
 
 def phase2_fingerprint(cfg: SymphonyConfig) -> str:
     d = cfg.to_dict()
-    return fingerprint({"phase1": phase1_fingerprint(cfg), "memory": d["memory"], "seed": cfg.seed})
+    memory = {k: v for k, v in d["memory"].items() if k != "checkpoint"}  # what to load, not what to build
+    return fingerprint({"phase1": phase1_fingerprint(cfg), "memory": memory, "seed": cfg.seed})
 
 
 @torch.no_grad()

@@ -230,43 +230,6 @@ def test_corrupt_or_missing_checkpoint_is_refused(saved):
 
 # --- per-stream memory in the engine ---------------------------------------------------------------
 
-def test_stream_memory_persists_and_streams_do_not_share():
-    cfg = load_config("tiny", ["memory.kind=titans", *SMALL])
-    model = fresh_model()
-    inject(model, cfg.memory)
-    set_gates(model, 1.0)
-    engine = StreamingEngine(model, None, cfg.cache, cfg.salience, policy="full")
-    x, y = ids_for(40, seed=1)[0], ids_for(40, seed=2)[0]
-
-    a = engine.new_stream()
-    assert a.memory == [None, None]
-    la1 = engine.feed(a, x, all_logits=True)
-    state_a1 = a.memory
-    assert all(isinstance(s, TitansState) for s in state_a1) and a.memory_nbytes() > 0
-    assert all(ad.state is None for ad in memory_adapters(model))  # nothing left behind in the model
-    la2 = engine.feed(a, y, all_logits=True)
-    assert a.memory is not state_a1 and a.memory_nbytes() == sum(ad.state_nbytes() for ad in memory_adapters(model))
-
-    # a second stream starts empty and, fed the same tokens, follows the same path as the first did
-    b = engine.new_stream()
-    assert b.memory == [None, None]
-    lb1 = engine.feed(b, x, all_logits=True)
-    assert torch.equal(la1, lb1)
-    assert torch.equal(b.memory[0].weights[0], state_a1[0].weights[0])
-    assert not torch.equal(b.memory[0].weights[0], a.memory[0].weights[0])
-    # interleaving streams changes nothing: b's second segment equals a's
-    engine.feed(a, x)
-    lb2 = engine.feed(b, y, all_logits=True)
-    assert torch.equal(la2, lb2)
-
-    # the memory is live: what a stream saw earlier changes its later logits (the cache is reset to isolate it)
-    c = engine.new_stream()
-    engine.feed(c, y)
-    c.cache = DynamicCache(config=model.config)
-    lc = engine.feed(c, x, all_logits=True)
-    assert not torch.allclose(lc, la1)
-
-
 def test_engine_without_adapters_keeps_no_memory():
     cfg = load_config("tiny")
     engine = StreamingEngine(fresh_model(), None, cfg.cache, cfg.salience, policy="full")

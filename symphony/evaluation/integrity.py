@@ -108,11 +108,13 @@ def judge(check: Check, output: str) -> bool:
 
 
 def base_generate(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
-    """The reference: plain `model.generate` (DynamicCache), greedy, chat template."""
+    """The reference: plain `model.generate` (DynamicCache), greedy, chat template, memory adapters off."""
+    from symphony.memory.inject import adapters_off
+
     enc = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                         return_tensors="pt", return_dict=True)
     enc = {k: v.to(model.device) for k, v in enc.items()}
-    with torch.no_grad():
+    with torch.no_grad(), adapters_off(model):
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
     return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)

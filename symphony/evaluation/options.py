@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from symphony.errors import SymphonyError
+from symphony.cli_options import checkpoint_option
 
 
 def eval_options(default_out: str):
@@ -21,14 +21,11 @@ def eval_options(default_out: str):
         @click.option("--memory-limit", default=None, metavar="SIZE",
                       help="e.g. 8GB. Measurements projected above it are recorded as over_limit instead of run. "
                            "Default: 80% of free RAM (or of free GPU memory on CUDA).")
-        @click.option("--checkpoint", default=None, type=click.Path(),
-                      help="Trained memory adapters from a phase run (DIR/final).")
+        @checkpoint_option
         @functools.wraps(fn)
-        def wrapper(*args, methods, out, resume, memory_limit, checkpoint, **kwargs):
+        def wrapper(*args, methods, out, resume, memory_limit, **kwargs):
             from symphony.evaluation.methods import parse_methods
 
-            if checkpoint is not None:
-                raise SymphonyError("--checkpoint needs trained memory adapters (phases 2-7), which are not built yet")
             Path(out).mkdir(parents=True, exist_ok=True)
             return fn(*args, methods=parse_methods(methods), out=Path(out), resume=resume,
                       memory_limit=memory_limit, **kwargs)

@@ -12,6 +12,12 @@ The adapter is attached with a forward hook on the MLP and registered as the MLP
 checkpoint still loads into the injected model) and the adapter's parameters appear in
 `model.state_dict()` under `...mlp.memory_adapter.*`.
 
+Two ways to write. By default every token that passes through is written (`memory(x, state)`: the
+training path without a cache). With `defer_writes` (the streaming engine's bounded cache) a forward
+only reads the memory and keeps its input rows in `pending`, one per cache slot; when the cache evicts
+slots, `evict(keep)` writes exactly the evicted rows into the memory, in stream order. The memory then
+holds what the cache no longer does, and `pending` is bounded by the cache's slot count.
+
 The memory's recurrent state lives on the adapter between forward calls (one stream at a time). A
 caller serving several streams swaps them in and out with `state` (see `symphony.memory.inject.
 memory_states` / `set_memory_states`, which the streaming engine uses); `reset_state()` starts afresh.
@@ -39,6 +45,8 @@ class MemoryAdapter(nn.Module):
         self.gate = nn.Parameter(torch.tensor(float(gate_init), dtype=self._param_dtype()))
         self.state: Any = None  # the memory's recurrent state for the current stream (None = fresh)
         self.enabled = True  # False: the MLP's output passes through untouched and the state is not written
+        self.defer_writes = False  # True: read only; inputs wait in `pending` until `evict` writes them
+        self.pending: Tensor | None = None  # [B, slots, dim] inputs of the tokens the cache still holds
         self._handle = None
 
     def _param_dtype(self) -> torch.dtype:
@@ -72,8 +80,28 @@ class MemoryAdapter(nn.Module):
     def mix(self, mlp_out: Tensor, x: Tensor) -> Tensor:
         """mlp_out + gate · memory(x); carries the memory state to the next call."""
         self._check_batch(x.shape[0])
-        read, self.state = self.memory(x.to(self.gate.dtype), self.state)
+        x = x.to(self.gate.dtype)
+        if self.defer_writes:
+            read = self.memory.read(x, self.state)
+            self.pending = x if self.pending is None else torch.cat([self.pending, x], dim=1)
+        else:
+            read, self.state = self.memory(x, self.state)
         return mlp_out + (self.gate * read).to(mlp_out.dtype)
+
+    def evict(self, keep: Tensor) -> int:
+        """The cache kept slots `keep` (indices, stream order) of the `pending` rows: write the others into
+        the memory, in stream order, and keep the survivors' rows aligned with the cache. Returns rows written."""
+        if self.pending is None:
+            return 0
+        n = self.pending.shape[1]
+        keep = keep.to(self.pending.device)
+        gone = torch.ones(n, dtype=torch.bool, device=self.pending.device)
+        gone[keep] = False
+        written = int(gone.sum())
+        if written:
+            self.state = self.memory.write(self.pending[:, gone], self.state)
+        self.pending = self.pending[:, keep]
+        return written
 
     def _check_batch(self, batch: int) -> None:
         if self.state is None:
@@ -88,6 +116,7 @@ class MemoryAdapter(nn.Module):
     # -- state -------------------------------------------------------------------------------------
     def reset_state(self) -> None:
         self.state = None
+        self.pending = None
 
     def state_nbytes(self, batch: int = 1) -> int:
         return self.memory.state_nbytes(batch)

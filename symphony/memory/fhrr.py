@@ -241,3 +241,20 @@ class FHRRMemory(nn.Module):
             state = self.init_state(x.shape[0], x.device)
         out, state = fhrr_scan(*self.features(x, write_mask), state, self.cfg.chunk_size)
         return self.readout(out, x.dtype), state
+
+    def read(self, x: Tensor, state: Tensor | None) -> Tensor:
+        """Read only: every token unbinds the given state; nothing is written, nothing decays."""
+        if state is None:
+            state = self.init_state(x.shape[0], x.device)
+        theta_q = self.features(x)[0]
+        S = torch.cat([state.real, state.imag], dim=-2).to(theta_q.dtype)  # [b h 2m d]
+        fq = torch.cat([theta_q.cos(), theta_q.sin()], dim=-1)
+        out = einsum(fq, S, "b h s f, b h f d -> b h s d") / self.holo_dim
+        return self.readout(out, x.dtype)
+
+    def write(self, x: Tensor, state: Tensor | None) -> Tensor:
+        """Write only (e.g. the tokens the cache just evicted, in stream order); returns the new state."""
+        if state is None:
+            state = self.init_state(x.shape[0], x.device)
+        _, state = fhrr_scan(*self.features(x), state, self.cfg.chunk_size)
+        return state

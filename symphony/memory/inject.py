@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,19 @@ def set_memory_states(model: nn.Module, states: list[Any] | None) -> None:
 
 def reset_memory_states(model: nn.Module) -> None:
     set_memory_states(model, None)
+
+
+@contextmanager
+def adapters_off(model: nn.Module):
+    """Run the bare base model inside the block (every adapter passes the MLP output through untouched)."""
+    adapters = memory_adapters(model)
+    for a in adapters:
+        a.enabled = False
+    try:
+        yield
+    finally:
+        for a in adapters:
+            a.enabled = True
 
 
 # ---- injection ---------------------------------------------------------------------------------------
@@ -281,4 +295,59 @@ def load_adapters(model: nn.Module, out_dir: str | Path) -> dict | None:
     with torch.no_grad():
         for k, t in own.items():
             t.copy_(tensors[k].to(dtype=t.dtype))
+    return manifest
+
+
+# ---- trained checkpoints for inference ---------------------------------------------------------------
+
+CHECKPOINT_DIRS = ("final",) + tuple(f"phase{n}" for n in range(7, 1, -1))  # newest training output first
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """The adapter directory behind `path`: itself, or a run directory's final/ or newest phaseN/."""
+    p = Path(path).expanduser()
+    if (p / ADAPTERS_FILE).is_file():
+        return p
+    for sub in CHECKPOINT_DIRS:
+        if (p / sub / ADAPTERS_FILE).is_file():
+            return p / sub
+    if not p.exists():
+        raise SymphonyError(f"checkpoint {p} does not exist; pass a phase run's directory (made by "
+                            "symphony run-phase 2 --run-dir DIR, or symphony pipeline)")
+    raise SymphonyError(f"no {ADAPTERS_FILE} in {p}, nor in its {', '.join(CHECKPOINT_DIRS[:3])}, ... subdirectories; "
+                        "make one: symphony run-phase 2 --run-dir DIR")
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, model_name: str | None = None) -> dict:
+    """Inject the adapters a checkpoint was trained with (its manifest's memory config) and load its weights.
+
+    Refuses, in one line, a checkpoint made for another model or whose weights don't match."""
+    from dataclasses import fields
+
+    d = find_checkpoint(path)
+    mpath = d / MANIFEST_FILE
+    try:
+        manifest = read_json(mpath)
+    except FileNotFoundError:
+        raise SymphonyError(f"{mpath} is missing (it records how the adapters were built); rebuild: "
+                            f"{_rebuild_hint(d)}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise SymphonyError(f"{mpath} is corrupt (not valid JSON); rebuild it: {_rebuild_hint(d)}") from None
+    config = manifest.get("config") or {}
+    mem = config.get("memory")
+    if not isinstance(mem, dict):
+        raise SymphonyError(f"{mpath} does not record the memory config its adapters were built with; rebuild: "
+                            f"{_rebuild_hint(d)}")
+    made_for = (config.get("model") or {}).get("name")
+    if model_name and made_for and made_for != model_name:
+        raise SymphonyError(f"checkpoint {d} was trained on model '{made_for}', not '{model_name}'; "
+                            f"use a config with model.name={made_for}")
+    names = {f.name for f in fields(MemoryConfig)}
+    mem_cfg = MemoryConfig(**{k: v for k, v in mem.items() if k in names and k != "checkpoint"})
+    inject(model, mem_cfg, seed=int(config.get("seed", 0)))
+    try:
+        load_adapters(model, d)
+    except SymphonyError:
+        remove_adapters(model)  # nothing half-loaded stays on the model
+        raise
     return manifest

@@ -264,3 +264,17 @@ class TitansMemory(nn.Module):
         )
         out = rearrange(out, "(b h) s d -> b s (h d)", b=b).to(self.to_out.weight.dtype)
         return self.to_out(out).to(x.dtype), new_state
+
+    def read(self, x: Tensor, state: TitansState | None) -> Tensor:
+        """Read only: every token queries the current weights; nothing is written, nothing decays."""
+        b = x.shape[0]
+        if state is None:
+            state = self.init_state(b, x.device)
+        q = rearrange(self.project(x)[0], "b h ... -> (b h) ...")
+        out = mlp_apply(tuple(rearrange(w, "b h ... -> (b h) ...") for w in state.weights), q)
+        out = rearrange(out, "(b h) s d -> b s (h d)", b=b).to(self.to_out.weight.dtype)
+        return self.to_out(out).to(x.dtype)
+
+    def write(self, x: Tensor, state: TitansState | None) -> TitansState:
+        """Write only (e.g. the tokens the cache just evicted, in stream order); returns the new state."""
+        return self(x, state)[1]
