@@ -75,6 +75,44 @@ class MemoryConfig:
     # manifest then sets the memory.* keys above. Empty: no adapters (the bare base model)
 
 
+TASKS = ("lm", "needle", "multikey", "passkey", "kv", "copy")
+
+
+@dataclass
+class DataConfig:
+    """Phase 3's training data: long documents plus synthetic long-range tasks (deterministic by `seed`)."""
+
+    source: str = "builtin"  # haystack/document text: builtin | path to a text file | datasets name
+    lengths: str = "1024,2048"  # sample lengths in tokens, comma-separated (samples cycle through them)
+    train_samples: int = 64
+    dev_samples: int = 8
+    tasks: str = "lm,needle,multikey,passkey,kv,copy"  # the mix, cycled: lm = plain long document
+    distractors: int = 3  # other keys planted beside the asked one (multikey, kv)
+
+
+@dataclass
+class TrainConfig:
+    """Phases 4-7: one training loop; `--set train.max_steps=N` caps every phase (e.g. for smoke runs)."""
+
+    max_steps: int = 0  # >0: at most this many optimizer steps in every training phase
+    phase4_steps: int = 200  # coarse pre-training of the FHRR/Titans adapters (LM loss on long documents)
+    phase5_steps: int = 200  # HEP-DNA: salience router + copy head on the synthetic tasks
+    phase6_steps: int = 100  # long-range calibration, per curriculum stage
+    phase7_steps: int = 200  # joint fine-tuning of every memory part
+    curriculum: str = "1024,2048"  # phase 6: sample lengths of the stages, in order
+    lr: float = 1e-3
+    batch_size: int = 1  # samples per micro-batch (streamed one after another; memory states are per sample)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    tbptt_segments: int = 2  # segments per backward: the memory's gradient reaches this many segments back
+    checkpoint_every: int = 50  # optimizer steps between atomic checkpoints (resume point)
+    mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate; GPU)
+    gradient_checkpointing: bool = False
+    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes, CUDA)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    dev_every: int = 0  # phase 6: steps between dev evaluations inside a stage (0: at the end of each stage)
+
+
 @dataclass
 class SymphonyConfig:
     preset: str = "custom"
@@ -85,6 +123,8 @@ class SymphonyConfig:
     salience: SalienceConfig = field(default_factory=SalienceConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -203,6 +243,8 @@ def validate(cfg: SymphonyConfig) -> None:
         "model.quantization": (cfg.model.quantization, ("none", "4bit", "8bit")),
         "cache.policy": (cfg.cache.policy, ("symphony", "sinks", "full")),
         "memory.kind": (cfg.memory.kind, MEMORY_KINDS),
+        "train.mixed_precision": (cfg.train.mixed_precision, ("no", "bf16", "fp16")),
+        "train.optimizer": (cfg.train.optimizer, ("adamw", "adamw8bit")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -218,6 +260,40 @@ def validate(cfg: SymphonyConfig) -> None:
     if not math.isfinite(m.gate_init):
         raise SymphonyError(f"config key 'memory.gate_init' must be a finite number; got {m.gate_init}")
     parse_layer_spec(m.layers)
+    unknown = [t for t in parse_list(cfg.data.tasks, "data.tasks") if t not in TASKS]
+    if unknown:
+        raise SymphonyError(f"config key 'data.tasks' has unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
+    for key in ("lengths",):
+        parse_int_list(getattr(cfg.data, key), f"data.{key}")
+    parse_int_list(cfg.train.curriculum, "train.curriculum")
+    t = cfg.train
+    for key in ("batch_size", "grad_accum", "tbptt_segments", "checkpoint_every"):
+        if getattr(t, key) < 1:
+            raise SymphonyError(f"config key 'train.{key}' must be at least 1; got {getattr(t, key)}")
+    if not (t.lr > 0 and math.isfinite(t.lr)):
+        raise SymphonyError(f"config key 'train.lr' must be a positive number; got {t.lr}")
+
+
+def parse_list(text: str, key: str) -> list[str]:
+    items = [x.strip() for x in str(text).split(",") if x.strip()]
+    if not items:
+        raise SymphonyError(f"config key '{key}' must be a non-empty comma-separated list; got '{text}'")
+    return items
+
+
+def parse_int_list(text: str, key: str) -> list[int]:
+    """'1024,2048' or '1k,2k' -> [1024, 2048]; each a positive token count."""
+    out = []
+    for part in parse_list(text, key):
+        p = part.lower()
+        try:
+            n = int(float(p[:-1]) * 1024) if p.endswith("k") else int(p)
+        except ValueError:
+            n = 0
+        if n <= 0:
+            raise SymphonyError(f"config key '{key}' must list positive token counts like 1024,2048; got '{text}'")
+        out.append(n)
+    return out
 
 
 _LAYERS_HELP = "all, last:N, first:N or a comma list of layer indices such as 0,3,5"
