@@ -9,11 +9,11 @@ from symphony.errors import SymphonyError
 PHASES: dict[int, tuple[str, str | None]] = {
     1: ("freeze", "phases.phase1_freeze"),
     2: ("inject", "phases.phase2_inject"),
-    3: ("dataset", None),
-    4: ("coarse pre-training", None),
-    5: ("HEP-DNA", None),
-    6: ("long-range calibration", None),
-    7: ("hybrid sparse fine-tuning", None),
+    3: ("dataset", "phases.phase3_dataset"),
+    4: ("coarse pre-training", "phases.phase4_coarse"),
+    5: ("HEP-DNA", "phases.phase5_pointer"),
+    6: ("long-range calibration", "phases.phase6_calibrate"),
+    7: ("hybrid sparse fine-tuning", "phases.phase7_finetune"),
 }
 
 
