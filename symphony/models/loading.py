@@ -207,3 +207,25 @@ def freeze(model) -> int:
         p.requires_grad_(False)
         n += p.numel()
     return n
+
+
+def load_tokenizer(spec: ModelConfig):
+    """The model's tokenizer only (no weights): the byte tokenizer for tiny models, else AutoTokenizer."""
+    from transformers import AutoTokenizer
+
+    source = resolve_source(spec.name)
+    if source.kind == "tiny":
+        return byte_tokenizer()
+    local_only = source.kind != "hub" or _offline() or _in_hf_cache(source.location)
+    try:
+        return AutoTokenizer.from_pretrained(
+            source.location, gguf_file=source.gguf_file, local_files_only=local_only,
+            trust_remote_code=spec.trust_remote_code,
+        )
+    except OSError as e:
+        if source.kind == "hub":
+            why = str(e).splitlines()[0][:120]
+            raise SymphonyError(f"cannot load the tokenizer of '{source.location}' ({why}); {NO_NETWORK}") from None
+        raise SymphonyError(f"cannot load the tokenizer at {source.location}: {str(e).splitlines()[0]}") from None
+    except ImportError as e:
+        raise SymphonyError(f"missing package for this tokenizer: {e}") from None
