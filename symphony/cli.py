@@ -1,6 +1,7 @@
 """The `symphony` command line. Thin: every command calls into the library."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -78,12 +79,25 @@ def run_phase(phase, cfg, run_dir, force):
     6 calibrate curriculum over growing lengths
     7 finetune  joint fine-tuning; export DIR/final
     """
+    _run_one_phase(phase, cfg, run_dir, force)
+
+
+def _run_one_phase(phase, cfg, run_dir, force):
     from phases import get_phase
     from symphony.runs import manifest_path
 
     result = get_phase(phase)(cfg, run_dir, force=force)
     status = result.get("status", "written")
     click.echo(f"phase {phase} ({result.get('name', '')}): {status} -> {manifest_path(run_dir, phase)}")
+    if phase >= 4 and result.get("dev_after"):
+        before, after = result["dev_before"], result["dev_after"]
+        acc = lambda m: "-" if m.get("accuracy") is None else f"{m['accuracy']:.0%}"  # noqa: E731
+        click.echo(f"  dev: nll {before['nll']:.4f} -> {after['nll']:.4f}, answers {acc(before)} -> {acc(after)}"
+                   f" ({after['samples']} samples); {result['trainable_parameters']:,} parameters trained")
+    elif phase >= 4 and result.get("reason"):
+        click.echo(f"  {result['reason']}")
+    elif phase == 3 and result.get("counts"):
+        click.echo(f"  {json.dumps(result['counts'])}")
     if phase == 1:
         p = result["parameters"]
         click.echo(f"  {result['model']['architecture']}: {p['total']:,} parameters, {p['trainable']} trainable;"
@@ -97,6 +111,30 @@ def run_phase(phase, cfg, run_dir, force):
                    f" (max abs diff {result['max_abs_diff']:.3g} over {result['verification']['tokens']} tokens)")
         if m["kind"] == "none" and not m["pointer"]:
             click.echo("  (memory.kind is none: add --set memory.kind=fhrr or titans to inject a memory)")
+
+
+@main.command()
+@config_options
+@click.option("--run-dir", "-r", default="runs/default", show_default=True, help="Where phase artifacts go.")
+@click.option("--from", "first", type=click.IntRange(1, 7), default=1, show_default=True, help="First phase.")
+@click.option("--to", "last", type=click.IntRange(1, 7), default=7, show_default=True, help="Last phase.")
+@click.option("--force", is_flag=True, help="Redo every phase in the range even if up to date.")
+def pipeline(cfg, run_dir, first, last, force):
+    """Run phases --from..--to in order into --run-dir (each is skipped when already up to date, and a
+    killed training phase resumes from its last checkpoint). The result, RUN_DIR/final, loads with
+    `symphony eval ... --checkpoint RUN_DIR` and `symphony chat --checkpoint RUN_DIR`.
+
+    \b
+    Example (tiny, seconds):  symphony pipeline -c tiny -r runs/tiny --set memory.kind=fhrr
+    """
+    import time
+
+    if first > last:
+        raise SymphonyError(f"--from {first} is after --to {last}")
+    t0 = time.perf_counter()
+    for phase in range(first, last + 1):
+        _run_one_phase(phase, cfg, run_dir, force)
+    click.echo(f"pipeline {first}-{last} done in {time.perf_counter() - t0:.0f} s -> {run_dir}")
 
 
 @main.group()

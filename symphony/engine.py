@@ -28,6 +28,13 @@ POLICIES = ("full", "sinks", "symphony")
 
 
 @dataclass
+class SegmentOutput:
+    logits: torch.Tensor  # [q, V] next-token logits at every position of the segment
+    hidden: torch.Tensor | None  # [q, D] final (normed) hidden states, when computed
+    positions: torch.Tensor  # [q] stream positions of the segment's tokens
+
+
+@dataclass
 class Stream:
     """Everything one conversation/document stream carries between calls."""
 
@@ -71,6 +78,7 @@ class StreamingEngine:
         if self.policy not in POLICIES:
             raise ValueError(f"unknown cache policy {self.policy!r}; choose from {', '.join(POLICIES)}")
         self.progress = progress
+        self.grad_enabled = False  # the trainer turns it on: memory writes and reads then keep their graph
         self.device = next(model.parameters()).device
         self._chat_format: ChatFormat | None = None
         self._find_memory()
@@ -113,17 +121,24 @@ class StreamingEngine:
         return Stream(cache, RarityOracle(self.salience_cfg), recall=recall)
 
     # -- feeding -------------------------------------------------------------------------------
-    @torch.no_grad()
     def feed(self, stream: Stream, ids: torch.Tensor, all_logits: bool = False) -> torch.Tensor:
         """One forward over `ids` [q] (appending to the cache, no compaction). Returns logits:
         [q, V] if `all_logits`, else [V] for the last token."""
+        with torch.set_grad_enabled(self.grad_enabled):
+            out = self.forward(stream, ids, all_logits)
+        return out.logits if all_logits else stream.last_logits
+
+    def forward(self, stream: Stream, ids: torch.Tensor, all_logits: bool = True,
+                mix_copy: bool | None = None) -> "SegmentOutput":
+        """`feed`'s work, returning the segment's logits [q, V] and final hidden states [q, D] (None when not
+        needed). Gradients flow when the caller enables them (training). `mix_copy`: None mixes the copy
+        head in once its gate has opened (inference); the trainer passes False and mixes itself."""
         ids = ids.reshape(-1).to(self.device)
-        need_all = all_logits or stream.scorer is not None
         # The next-token logits always come from the same `logits_to_keep=1` path `generate()` uses, so
         # greedy decoding matches the base model whatever the policy; the other positions' logits (for
         # salience and perplexity) are the LM head applied to the final hidden states.
-        copying = self._copy_active()
-        need_all = need_all or copying
+        copying = self._copy_active() if mix_copy is None else mix_copy
+        need_all = all_logits or stream.scorer is not None or copying
         with self._memory_of(stream):
             out = self.model(input_ids=ids[None], past_key_values=stream.cache, use_cache=True,
                              logits_to_keep=1, output_hidden_states=need_all)
@@ -142,12 +157,13 @@ class StreamingEngine:
             stream.cache.record(ids)
         if copying and isinstance(stream.cache, BoundedCache):
             rows = slice(None) if all_logits else slice(-1, None)
-            mixed = self._copy_mix(stream.cache, hidden[rows], logits[rows], positions[rows])
+            mixed = self.copy_logprobs(stream.cache, hidden[rows], logits[rows], positions[rows])
+            logits = logits.clone()
             logits[rows] = mixed.to(logits.dtype)
             last = mixed[-1]
         stream.tokens_seen += ids.numel()
-        stream.last_logits = last.float()
-        return logits if all_logits else stream.last_logits
+        stream.last_logits = last.detach().float()
+        return SegmentOutput(logits, hidden, positions)
 
     @contextmanager
     def _memory_of(self, stream: Stream):
@@ -169,11 +185,27 @@ class StreamingEngine:
             for adapter in self._adapters:  # no stream's state stays behind in the model
                 adapter.state, adapter.pending, adapter.defer_writes = None, None, False
 
+    @property
+    def pointer(self):
+        """The HEP-DNA pointer heads this engine uses (None without them, or for a baseline policy)."""
+        return self._pointer
+
+    def truncate_graph(self, stream: Stream) -> None:
+        """Cut the stream's cache and memory from the autograd graph (truncated backprop through time)."""
+        from symphony.memory import detach_state
+
+        for layer in getattr(stream.cache, "layers", []):
+            if getattr(layer, "is_initialized", False) and layer.keys is not None:
+                layer.keys, layer.values = layer.keys.detach(), layer.values.detach()
+        if stream.memory is not None:
+            stream.memory = [(detach_state(state), None if pending is None else pending.detach())
+                             for state, pending in stream.memory]
+
     def _copy_active(self) -> bool:
         """The copy head joins decoding once trained (gate scale > 0); at exactly 0 it is skipped (a no-op)."""
         return self._pointer is not None and float(self._pointer.copy_head.gate_scale) > 0
 
-    def _copy_mix(self, cache: BoundedCache, hidden: torch.Tensor, logits: torch.Tensor,
+    def copy_logprobs(self, cache: BoundedCache, hidden: torch.Tensor, logits: torch.Tensor,
                   positions: torch.Tensor) -> torch.Tensor:
         """Pointer-generator: the LM's distribution mixed with a copy distribution over the tokens the cache
         holds (up to each query's own position). Returns log-probabilities [q, V]."""
@@ -186,7 +218,6 @@ class StreamingEngine:
         mask = causal_source_mask(positions + 1, src_pos).to(dev)  # the token at the query itself may be copied
         return self._pointer.copy_head(hidden[None], logits[None], embeds[None], src_ids.to(dev)[None], mask)[0]
 
-    @torch.no_grad()
     def compact(self, stream: Stream) -> None:
         """Evict down to the cache's capacity; the memory adapters then store the evicted tokens."""
         if not isinstance(stream.cache, BoundedCache):
@@ -195,7 +226,7 @@ class StreamingEngine:
         if not stream.cache.compact() or not self._adapters:
             return
         keep = stream.cache.last_keep
-        with self._memory_of(stream):
+        with self._memory_of(stream), torch.set_grad_enabled(self.grad_enabled):
             for adapter in self._adapters:
                 if adapter.pending is None or adapter.pending.shape[1] != before:
                     raise RuntimeError(f"memory adapter of layer {adapter.layer_idx} holds "

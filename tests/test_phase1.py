@@ -149,9 +149,8 @@ def test_missing_manifest_needed_by_a_later_phase_names_the_command(tmp_path):
 
 
 @pytest.mark.parametrize("n", [3, 4, 5, 6, 7])
-def test_unbuilt_phases_say_so(n):
-    with pytest.raises(SymphonyError, match=f"phase {n} .* is not built yet"):
-        get_phase(n)
+def test_every_phase_is_built(n):
+    assert callable(get_phase(n))
 
 
 @pytest.mark.parametrize("n", [0, 8, -1])
@@ -210,9 +209,9 @@ def one_line_error(res) -> str:
 
 
 @pytest.mark.parametrize("n", [3, 4, 5, 6, 7])
-def test_cli_unbuilt_phases_exit_2_with_one_line(n, tmp_path):
+def test_cli_phase_before_its_prerequisite_exit_2_with_one_line(n, tmp_path):
     line = one_line_error(invoke("run-phase", n, "-c", "tiny", "-r", tmp_path))
-    assert "not built yet" in line
+    assert f"run first: symphony run-phase {1 if n == 3 else n - 1} --run-dir {tmp_path}" in line
     assert not (tmp_path / f"phase{n}").exists()
 
 

@@ -1,0 +1,224 @@
+"""What phases 4-7 train, on which samples, from which checkpoint (the loop itself is `training.loop`).
+
+    4 coarse     memory adapters (FHRR/Titans + gates)    LM loss on the long documents
+    5 hep-dna    salience router + copy head               keep-exactly labels + answer tokens of the tasks
+    6 calibrate  gates, decay/forget, copy gate            curriculum over train.curriculum lengths; the best
+                                                           stage on the dev split is kept
+    7 finetune   every adapter and pointer parameter       all samples; exports DIR/final
+
+Each phase starts from the previous phase's adapters (phase 4 from phase 2's), takes the memory config
+phase 2 recorded, and writes DIR/phaseN/{adapters.safetensors, manifest.json, metrics.jsonl}.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+
+from symphony.config import SymphonyConfig, parse_int_list
+from symphony.errors import SymphonyError
+from symphony.memory.inject import (
+    ADAPTERS_FILE, MANIFEST_FILE, adapter_state_dict, load_checkpoint, memory_adapters, pointer_heads, save_adapters,
+)
+from symphony.runs import fingerprint, make_manifest, manifest_path, phase_dir, read_manifest
+from symphony.training.dev import dev_score, evaluate_dev
+from symphony.training.loop import (
+    LoopSpec, clear_train_state, epoch_sampler, is_main_process, train_loop, wait_for_everyone,
+)
+
+NAMES = {4: "coarse pre-training", 5: "HEP-DNA", 6: "long-range calibration", 7: "hybrid sparse fine-tuning"}
+
+
+def effective_config(cfg: SymphonyConfig, run_dir: Path) -> SymphonyConfig:
+    """The run's config: the model phase 1 froze and the memory phase 2 built, with this call's cache/train/data."""
+    phase1 = read_manifest(run_dir, 1, needed_by=2)
+    phase2 = read_manifest(run_dir, 2, needed_by=3)
+    out = copy.deepcopy(cfg)
+    made = phase2.get("config") or {}
+    if (made.get("model") or {}).get("name") not in (None, cfg.model.name):
+        raise SymphonyError(f"{run_dir} was built for model '{made['model']['name']}', not '{cfg.model.name}'; use the"
+                            " same -c/--set options as phase 1, or another --run-dir")
+    for key, value in (made.get("memory") or {}).items():
+        if hasattr(out.memory, key) and key != "checkpoint":
+            setattr(out.memory, key, value)
+    out.memory.checkpoint = ""
+    del phase1
+    return out
+
+
+def _previous_adapters(run_dir: Path, phase: int) -> Path:
+    prev = phase - 1 if phase > 4 else 2
+    read_manifest(run_dir, prev, needed_by=phase)
+    d = phase_dir(run_dir, prev)
+    if not (d / ADAPTERS_FILE).is_file():
+        raise SymphonyError(f"phase {phase} needs {d / ADAPTERS_FILE}, which is missing; redo: "
+                            f"symphony run-phase {prev} --run-dir {run_dir} --force")
+    return d
+
+
+def _calibrated(name: str) -> bool:
+    """Phase 6's parameters: the adapter gates, FHRR decay and write gate, Titans' gate projection, copy gate."""
+    return name.rsplit(".", 1)[-1] in ("gate", "decay_w", "gate_scale") or any(
+        f".{k}." in name for k in ("to_gates", "to_beta", "gate"))
+
+
+def _trainable(model, phase: int) -> list[torch.nn.Parameter]:
+    """Select this phase's parameters; every other adapter parameter is frozen for the phase. Parameters a
+    memory holds fixed by config (e.g. FHRR phases with learn_phases off) stay fixed."""
+    adapters = [(n, p) for n, p in model.named_parameters() if ".memory_adapter." in n]
+    heads = pointer_heads(model)
+    pointer = [(f"symphony_pointer.{n}", p) for n, p in heads.named_parameters()] if heads is not None else []
+    learnable = {n for n, p in adapters + pointer if p.requires_grad}  # as inject made them, on a fresh model
+    chosen = {4: adapters, 5: pointer, 6: [(n, p) for n, p in adapters + pointer if _calibrated(n)],
+              7: adapters + pointer}[phase]
+    names = {n for n, _ in chosen if n in learnable}
+    params = []
+    for n, p in adapters + pointer:
+        p.requires_grad_(n in names)
+        if n in names:
+            params.append(p)
+    return params
+
+
+def _pool(dataset, phase: int, max_len: int | None = None) -> list[int]:
+    kinds, lengths = dataset["kind"], dataset["length"]
+    keep = []
+    for i, (kind, n) in enumerate(zip(kinds, lengths)):
+        if phase == 4 and kind != "lm":
+            continue
+        if phase == 5 and kind == "lm":
+            continue
+        if max_len is not None and n > max_len:
+            continue
+        keep.append(i)
+    return keep
+
+
+class BestKeeper:
+    """Phase 6: dev evaluation at each stage end; keeps the best adapters seen (resumable)."""
+
+    def __init__(self, engine, dev, use_copy: bool, stage_steps: int, stages: list[int], progress: bool):
+        self.engine, self.dev, self.use_copy = engine, dev, use_copy
+        self.stage_steps, self.stages, self.progress = stage_steps, stages, progress
+        self.best: dict | None = None
+        self.history: list[dict] = []
+
+    def state(self):
+        return {"history": self.history}, self.best
+
+    def restore(self, extra: dict, best):
+        self.history = list(extra.get("history", []))
+        self.best = dict(best) if best is not None else None
+
+    def on_step_end(self, step: int) -> None:
+        if step % self.stage_steps:
+            return
+        stage = step // self.stage_steps - 1
+        metrics = evaluate_dev(self.engine, self.dev, self.use_copy, progress=self.progress)
+        record = {"stage": stage, "length": self.stages[stage], "step": step, **metrics}
+        better = not self.history or dev_score(metrics) > max(dev_score(h) for h in self.history)
+        self.history.append(record)
+        if better:
+            self.best = {k: t.detach().clone().cpu() for k, t in adapter_state_dict(self.engine.model).items()}
+
+    def load_best(self) -> None:
+        if self.best is None:
+            return
+        with torch.no_grad():
+            for k, t in adapter_state_dict(self.engine.model).items():
+                t.copy_(self.best[k].to(t.dtype))
+
+
+def phase_fingerprint(cfg: SymphonyConfig, run_dir: Path, phase: int) -> str:
+    prev = phase - 1 if phase > 4 else 2
+    d = cfg.to_dict()
+    return fingerprint({"phase": phase, "prev": read_manifest(run_dir, prev).get("fingerprint"),
+                        "data": read_manifest(run_dir, 3).get("fingerprint"), "train": d["train"],
+                        "cache": d["cache"], "salience": d["salience"], "seed": cfg.seed})
+
+
+def run_training_phase(cfg: SymphonyConfig, run_dir: str | Path, phase: int, force: bool = False,
+                       progress: bool = True, on_step=None) -> dict:
+    from symphony.data import load_split
+    from symphony.engine import StreamingEngine
+    from symphony.models import freeze, load_model
+
+    run_dir = Path(run_dir).expanduser()
+    read_manifest(run_dir, phase - 1, needed_by=phase)  # the immediate prerequisite is named first
+    read_manifest(run_dir, 3, needed_by=phase)
+    prev_dir = _previous_adapters(run_dir, phase)
+    cfg = effective_config(cfg, run_dir)
+    fp = phase_fingerprint(cfg, run_dir, phase)
+    out_dir = phase_dir(run_dir, phase)
+    if manifest_path(run_dir, phase).is_file():
+        old = read_manifest(run_dir, phase)
+        if old.get("fingerprint") == fp and (out_dir / ADAPTERS_FILE).is_file() and not force:
+            return {**old, "status": "up-to-date"}
+        if old.get("fingerprint") != fp and not force:
+            raise SymphonyError(f"{manifest_path(run_dir, phase)} was made with other settings (or from other "
+                                f"earlier phases); pass --force to redo phase {phase}, or use another --run-dir")
+        manifest_path(run_dir, phase).unlink()  # from here on the phase is incomplete until its manifest is rewritten
+    if force:
+        clear_train_state(out_dir)
+
+    train, dev = load_split(run_dir, "train"), load_split(run_dir, "dev")
+    loaded = load_model(cfg.model, seed=cfg.seed)
+    model = loaded.model
+    freeze(model)
+    load_checkpoint(model, prev_dir, model_name=cfg.model.name)
+    engine = StreamingEngine(model, loaded.tokenizer, cfg.cache, cfg.salience, policy="symphony")
+    params = _trainable(model, phase)
+    has_pointer = pointer_heads(model) is not None
+    use_copy = has_pointer and phase in (5, 6, 7)
+    use_router = has_pointer and phase in (5, 7)
+    t = cfg.train
+    cap = (lambda n: min(n, t.max_steps)) if t.max_steps > 0 else (lambda n: n)
+    body: dict = {"name": NAMES[phase], "fingerprint": fp, "config": cfg.to_dict(), "from": str(prev_dir),
+                  "trainable_parameters": sum(p.numel() for p in params)}
+
+    if not params:
+        why = "memory.kind is none" if phase == 4 else "memory.pointer is off" if phase == 5 else "no adapters"
+        body.update(status="skipped", reason=f"nothing to train in phase {phase}: {why}")
+        save_adapters(model, out_dir, make_manifest(phase, body))
+        return {**read_manifest(run_dir, phase), "status": "skipped"}
+
+    body["dev_before"] = evaluate_dev(engine, dev, use_copy, progress=progress)
+    keeper = None
+    if phase == 6:
+        stages = parse_int_list(t.curriculum, "train.curriculum")
+        per_stage = cap(t.phase6_steps)
+        pools = [_pool(train, phase, n) for n in stages]
+        for n, pool in zip(stages, pools):
+            if not pool:
+                raise SymphonyError(f"phase 6: no training sample of at most {n} tokens for the curriculum stage; "
+                                    f"set train.curriculum to lengths within data.lengths ({cfg.data.lengths})")
+        samplers = [epoch_sampler(pool, cfg.seed + 6 + s) for s, pool in enumerate(pools)]
+        sampler = lambda step, k: samplers[step // per_stage](step % per_stage, k)  # noqa: E731
+        steps = per_stage * len(stages)
+        keeper = BestKeeper(engine, dev, use_copy, per_stage, stages, progress)
+    else:
+        steps = cap(getattr(t, f"phase{phase}_steps"))
+        sampler = epoch_sampler(_pool(train, phase), cfg.seed + phase)
+    spec = LoopSpec(phase, out_dir, params, steps, sampler, use_copy, use_router, fp, keeper=keeper,
+                    on_step_end=keeper.on_step_end if keeper else None)
+    summary = train_loop(cfg, engine, train, spec, progress=progress, on_step=on_step)
+    if keeper is not None:
+        keeper.load_best()
+        body["stages"] = keeper.history
+    body["dev_after"] = evaluate_dev(engine, dev, use_copy, progress=progress)
+    body["training"] = summary
+    body["gates"] = {f"layer{a.layer_idx}": round(a.gate.item(), 6) for a in memory_adapters(model)}
+    if has_pointer:
+        body["copy_gate_scale"] = round(pointer_heads(model).copy_head.gate_scale.item(), 6)
+    if is_main_process():  # data-parallel runs: one process writes
+        save_adapters(model, out_dir, make_manifest(phase, body))
+        if phase == 7:
+            save_adapters(model, run_dir / "final", make_manifest(phase, {**body, "name": "final"}))
+        clear_train_state(out_dir)
+    wait_for_everyone()
+    return {**read_manifest(run_dir, phase), "status": "written"}
+
+
+def is_complete(run_dir: Path, phase: int) -> bool:
+    return (phase_dir(run_dir, phase) / MANIFEST_FILE).is_file()
