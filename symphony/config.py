@@ -70,6 +70,9 @@ class MemoryConfig:
     holo_dim: int = 1024  # FHRR phasors per key (capacity ~4x this many pairs at >= 90% top-1)
     chunk_size: int = 64  # tokens per chunk of the FHRR scan / per Titans surprise step
     titans_hidden: int = 0  # Titans memory MLP hidden width; 0 -> 2 x head dim
+    titans_symplectic: bool = False  # research: Titans forget gate attenuated by chunk complexity (off)
+    titans_pages: int = 1  # research: Titans manifold paging, page groups per head (1 = off)
+    titans_page_threshold: float = 0.5  # complexity above which the active Titans page switches
     gate_init: float = 0.0  # adapter gate at injection; 0.0 makes the injected model exactly the base model
     checkpoint: str = ""  # trained adapters to load (a phase run's DIR, DIR/final or DIR/phaseN); their own
     # manifest then sets the memory.* keys above. Empty: no adapters (the bare base model)

@@ -114,7 +114,10 @@ def build_memory(mem_cfg: MemoryConfig, dim: int, model_heads: int) -> nn.Module
         return FHRRMemory(FHRRConfig(dim=dim, heads=heads, holo_dim=mem_cfg.holo_dim, chunk_size=mem_cfg.chunk_size))
     if mem_cfg.kind == "titans":
         return TitansMemory(TitansConfig(dim=dim, heads=heads, hidden=mem_cfg.titans_hidden,
-                                         chunk_size=mem_cfg.chunk_size))
+                                         chunk_size=mem_cfg.chunk_size,
+                                         use_symplectic_gating=mem_cfg.titans_symplectic,
+                                         num_pages=mem_cfg.titans_pages,
+                                         page_threshold=mem_cfg.titans_page_threshold))
     raise SymphonyError(f"config key 'memory.kind' must be fhrr or titans to build a memory; got '{mem_cfg.kind}'")
 
 

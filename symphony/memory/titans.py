@@ -37,8 +37,21 @@ tokens, with keys k_i, values v_i, queries q_i projected from x and write weight
   between calls (`symphony.memory.detach_state`) for truncated BPTT.
 - The memory math runs in float32 (float64 if the module is float64) whatever the model dtype.
 
+Research extensions (off by default; with both off every output and state is what it was without them):
+- Symplectic gating (`use_symplectic_gating`): per chunk and head a complexity c_n ∈ [0, 1) from the chunk's
+  keys (tanh of a wedge product of consecutive projected keys, optionally blended with a DMD residual; see
+  `symphony.memory.complexity`) attenuates forgetting: α_n ← α_n · (1 − s · c_n), s = sigmoid(learned) per head.
+- Manifold paging (`num_pages` P > 1): the weights and momentum get a pages axis [b, h, P, ...]; per
+  (sequence, head) one page is active. Before chunk n is written, if c_n > page_threshold the active page
+  moves round-robin to the next one, p ← (p + 1) mod P, and the switch is counted in the state
+  (`page_switches(state)`). Eqs. 10-13 then apply to the active page only; the other pages are frozen (no
+  update, no forgetting, momentum kept). Reads pool over pages: y = Σ_p π_p M_{W_p}(q), π = softmax of a
+  learned per-head logit vector (zeros at init: the mean over pages). All pages start at W_0, so at init a
+  paged memory reads exactly as an unpaged one. Paging computes the complexity even with gating off (then
+  from fixed random projections).
+
 einops legend: b batch, h heads, s tokens, c tokens of a chunk, k key dim, d value dim, f MLP hidden,
-g gates (lr, momentum, forget), (b h) batch and heads flattened as the batch of per-memory matmuls.
+g gates (lr, momentum, forget), P pages, (b h) batch and heads flattened as the batch of per-memory matmuls.
 """
 from __future__ import annotations
 
@@ -51,8 +64,10 @@ import torch.nn.functional as F
 from einops import einsum, rearrange, repeat
 from torch import Tensor, nn
 
+from symphony.memory.complexity import chunk_complexity, gated_forget
+
 __all__ = ["TitansConfig", "TitansMemory", "TitansState", "mlp_apply", "mlp_grads", "gram_bound", "clip_grads",
-           "memory_step"]
+           "memory_step", "page_switches"]
 
 
 @dataclass
@@ -69,6 +84,12 @@ class TitansConfig:
     forget_init: float = 1e-3  # initial alpha per chunk: half-life ln2/alpha chunks (~44k tokens at C=64)
     max_grad_rms: float = 1.0  # clip of the surprise's RMS per weight entry, per (sequence, head)
     normalize_step: bool = True  # divide the chunk loss by the key Gram's spectral bound (stable θ < 1)
+    # research extensions (module docstring; symphony/memory/complexity.py), off by default
+    use_symplectic_gating: bool = False  # forget gate α attenuated by the chunk's complexity, learned scale
+    complexity_blend: float = 0.0  # weight of the DMD-residual signal in the complexity (0: wedge only)
+    complexity_dim: int = 0  # planes p of the wedge projection; 0 -> head_dim
+    num_pages: int = 1  # manifold paging: page groups of memory weights per head (1 = off)
+    page_threshold: float = 0.5  # the active page switches when a chunk's complexity exceeds this
 
 
 class TitansState(NamedTuple):
@@ -79,6 +100,17 @@ class TitansState(NamedTuple):
     pending_gates: Tensor  # [b, h, C, 3] gate logits (lr, momentum, forget)
     pending_mask: Tensor  # [b, C] write weights
     pending: int  # tokens in the incomplete chunk, < C
+    # paging only (num_pages > 1; None otherwise). Weights and momentum are then [b, h, P, out, in].
+    active_page: Tensor | None = None  # [b, h] int64, the page chunks are written to
+    page_switches: Tensor | None = None  # [b, h] int64, page switches so far
+
+
+def page_switches(state: TitansState) -> Tensor:
+    """Page switches so far per (sequence, head) [b, h] int64; zeros for a memory without paging."""
+    if state.page_switches is not None:
+        return state.page_switches
+    w = state.weights[0]
+    return torch.zeros(w.shape[:2], dtype=torch.long, device=w.device)
 
 
 # ---- functional core (batch axis = one memory per sequence and head) -------------------------------
@@ -173,6 +205,9 @@ class TitansMemory(nn.Module):
             top = cfg.max_lr if name == "lr_init" else 1.0
             if not 0.0 < getattr(cfg, name) < top:
                 raise ValueError(f"TitansConfig.{name} must lie strictly inside (0, {top}); got {getattr(cfg, name)}")
+        if cfg.num_pages < 1 or not 0.0 <= cfg.complexity_blend <= 1.0 or cfg.complexity_dim < 0:
+            raise ValueError("TitansConfig needs num_pages >= 1, complexity_blend in [0, 1] and complexity_dim >= 0; "
+                             f"got {cfg}")
         self.heads, self.head_dim, self.hidden = h, dh, hid
         self.norm = nn.RMSNorm(cfg.dim)
         self.to_qkv = nn.Linear(cfg.dim, 3 * h * dh, bias=False)
@@ -188,6 +223,21 @@ class TitansMemory(nn.Module):
         else:
             self.w0 = nn.ParameterList([nn.Parameter(torch.randn(h, hid, dh)), nn.Parameter(torch.randn(h, dh, hid))])
         self.to_out = nn.Linear(h * dh, cfg.dim, bias=False)
+        # research extensions: created after every baseline parameter, so a seed gives the same baseline weights
+        self.num_pages = cfg.num_pages
+        self.uses_complexity = cfg.use_symplectic_gating or cfg.num_pages > 1
+        if self.uses_complexity:
+            # wedge projections A, B [h, p, dh]: learned with gating; fixed (a buffer) for paging alone, where
+            # the thresholded switch gives them no gradient
+            twist = torch.randn(2, h, cfg.complexity_dim or dh, dh) / math.sqrt(dh)
+            if cfg.use_symplectic_gating:
+                self.twist = nn.Parameter(twist)
+            else:
+                self.register_buffer("twist", twist)
+        if cfg.use_symplectic_gating:
+            self.complexity_scale = nn.Parameter(torch.zeros(h))  # s = sigmoid(0) = 0.5 at init
+        if cfg.num_pages > 1:
+            self.page_pool = nn.Parameter(torch.zeros(h, cfg.num_pages))  # softmax -> mean over pages at init
 
     # -- state --
     def _mem_dtype(self) -> torch.dtype:
@@ -196,7 +246,13 @@ class TitansMemory(nn.Module):
     def init_state(self, batch: int, device: torch.device | str | None = None) -> TitansState:
         device = device if device is not None else self.to_qkv.weight.device
         dt, c, h = self._mem_dtype(), self.cfg.chunk_size, self.heads
-        weights = tuple(repeat(w.to(device=device, dtype=dt), "h o i -> b h o i", b=batch) for w in self.w0)
+        if self.num_pages > 1:
+            weights = tuple(repeat(w.to(device=device, dtype=dt), "h o i -> b h P o i", b=batch, P=self.num_pages)
+                            for w in self.w0)
+            paging = tuple(torch.zeros(batch, h, dtype=torch.long, device=device) for _ in range(2))
+        else:
+            weights = tuple(repeat(w.to(device=device, dtype=dt), "h o i -> b h o i", b=batch) for w in self.w0)
+            paging = (None, None)
         momentum = tuple(torch.zeros_like(w) for w in weights)
         return TitansState(
             weights, momentum,
@@ -204,14 +260,44 @@ class TitansMemory(nn.Module):
             torch.zeros(batch, h, c, self.head_dim, device=device, dtype=dt),
             torch.zeros(batch, h, c, 3, device=device, dtype=dt),
             torch.zeros(batch, c, device=device, dtype=dt),
-            0,
+            0, *paging,
         )
 
     def state_nbytes(self, batch: int = 1) -> int:
         """Bytes of the state for `batch` sequences: fixed, whatever the number of tokens seen."""
-        per = 2 * sum(w.numel() for w in self.w0) + self.heads * self.cfg.chunk_size * (2 * self.head_dim + 3)
-        per += self.cfg.chunk_size
-        return batch * per * (8 if self._mem_dtype() == torch.float64 else 4)
+        per = 2 * sum(w.numel() for w in self.w0) * self.num_pages
+        per += self.heads * self.cfg.chunk_size * (2 * self.head_dim + 3) + self.cfg.chunk_size
+        paging = 2 * self.heads * 8 if self.num_pages > 1 else 0  # active page and switch count, int64
+        return batch * (per * (8 if self._mem_dtype() == torch.float64 else 4) + paging)
+
+    # -- research extensions (module docstring) --
+    def chunk_complexity(self, k: Tensor, mask: Tensor) -> Tensor:
+        """Complexity of one chunk per memory: k [(b h), c, dk] unit keys, mask [(b h), c] -> [(b h)] in [0, 1)."""
+        proj = repeat(self.twist.to(k.dtype), "two h p k -> two (b h) p k", b=k.shape[0] // self.heads)
+        return chunk_complexity(k, mask, proj[0], proj[1], self.cfg.complexity_blend)
+
+    def _per_memory(self, t: Tensor, batch: int, dtype: torch.dtype) -> Tensor:
+        """A per-head parameter [h, ...] -> [(b h), ...] in the memory dtype."""
+        return repeat(t.to(dtype), "h ... -> (b h) ...", b=batch)
+
+    def _read(self, weights: tuple[Tensor, ...], q: Tensor) -> Tensor:
+        """M_W(q) for q [(b h), c, k]; with paging (weights [(b h), P, o, i]) pooled over pages with π."""
+        if self.num_pages == 1:
+            return mlp_apply(weights, q)
+        P = self.num_pages
+        y = mlp_apply(tuple(w.flatten(0, 1) for w in weights), repeat(q, "B c k -> (B P) c k", P=P))
+        pool = self._per_memory(self.page_pool.softmax(dim=-1), q.shape[0] // self.heads, q.dtype)
+        return einsum(rearrange(y, "(B P) c d -> B P c d", P=P), pool, "B P c d, B P -> B c d")
+
+    @staticmethod
+    def _paged_step(weights, momentum, page: Tensor, *step_args):
+        """memory_step on the active page [(b h)] of paged weights [(b h), P, o, i]; other pages unchanged."""
+        rows = torch.arange(page.shape[0], device=page.device)
+        on = F.one_hot(page, weights[0].shape[1]).bool()[:, :, None, None]
+        new_w, new_s = memory_step(tuple(w[rows, page] for w in weights), tuple(s[rows, page] for s in momentum),
+                                   *step_args)
+        put = lambda old, new: torch.where(on, new[:, None], old)  # noqa: E731
+        return tuple(map(put, weights, new_w)), tuple(map(put, momentum, new_s))
 
     # -- projections (shared with the reference implementation in the tests) --
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -240,18 +326,37 @@ class TitansMemory(nn.Module):
         k, v, gates, q = flat(k), flat(v), flat(gates), flat(q)
         mask = repeat(mask, "b s -> (b h) s", h=self.heads)
         weights, momentum = tuple(map(flat, state.weights)), tuple(map(flat, state.momentum))
+        paged = self.num_pages > 1
+        if paged:
+            page, switches = flat(state.active_page), flat(state.page_switches)
+        if cfg.use_symplectic_gating:
+            scale = self._per_memory(self.complexity_scale.sigmoid(), b, k.dtype)
 
         outs, n = [], p + s
         for start in range(0, n, c):
             end = min(start + c, n)
             lo = max(start, p)  # this call's tokens inside the chunk read the weights before the chunk
             if end > lo:
-                outs.append(mlp_apply(weights, q[:, lo - p:end - p]))
+                outs.append(self._read(weights, q[:, lo - p:end - p]))
             if end - start == c:
                 lr, eta, alpha = chunk_gates(gates[:, start:end], cfg.max_lr)
-                weights, momentum = memory_step(weights, momentum, k[:, start:end], v[:, start:end],
-                                                mask[:, start:end], lr, eta, alpha, cfg.max_grad_rms,
-                                                cfg.normalize_step)
+                step = (k[:, start:end], v[:, start:end], mask[:, start:end])
+                if not self.uses_complexity:  # the baseline, exactly
+                    weights, momentum = memory_step(weights, momentum, *step, lr, eta, alpha, cfg.max_grad_rms,
+                                                    cfg.normalize_step)
+                    continue
+                cplx = self.chunk_complexity(k[:, start:end], mask[:, start:end])
+                if cfg.use_symplectic_gating:
+                    alpha = gated_forget(alpha, cplx, scale)
+                if paged:
+                    switch = cplx > cfg.page_threshold  # objective reduction: this chunk opens the next page
+                    page = torch.where(switch, (page + 1) % self.num_pages, page)
+                    switches = switches + switch.long()
+                    weights, momentum = self._paged_step(weights, momentum, page, *step, lr, eta, alpha,
+                                                         cfg.max_grad_rms, cfg.normalize_step)
+                else:
+                    weights, momentum = memory_step(weights, momentum, *step, lr, eta, alpha, cfg.max_grad_rms,
+                                                    cfg.normalize_step)
         rest = n % c
         out = torch.cat(outs, dim=1) if outs else q.new_zeros(b * self.heads, 0, self.head_dim)
 
@@ -261,6 +366,7 @@ class TitansMemory(nn.Module):
             tuple(map(unflat, weights)), tuple(map(unflat, momentum)),
             unflat(pad(k)), unflat(pad(v)), unflat(pad(gates)),
             unflat(F.pad(mask[:, n - rest:n], (0, c - rest)))[:, 0], rest,
+            *((unflat(page), unflat(switches)) if paged else ()),
         )
         out = rearrange(out, "(b h) s d -> b s (h d)", b=b).to(self.to_out.weight.dtype)
         return self.to_out(out).to(x.dtype), new_state
@@ -271,7 +377,7 @@ class TitansMemory(nn.Module):
         if state is None:
             state = self.init_state(b, x.device)
         q = rearrange(self.project(x)[0], "b h ... -> (b h) ...")
-        out = mlp_apply(tuple(rearrange(w, "b h ... -> (b h) ...") for w in state.weights), q)
+        out = self._read(tuple(rearrange(w, "b h ... -> (b h) ...") for w in state.weights), q)
         out = rearrange(out, "(b h) s d -> b s (h d)", b=b).to(self.to_out.weight.dtype)
         return self.to_out(out).to(x.dtype)
 
