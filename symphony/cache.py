@@ -135,7 +135,7 @@ class BoundedCache(Cache):
             return
         self.token_ids[-q:] = token_ids
         if salience is not None:
-            self.salience[-q:] = salience.reshape(-1).float().cpu()
+            self.salience[-q:] = salience.detach().reshape(-1).float().cpu()
 
     def _middle(self) -> torch.Tensor:
         """Slots that are neither sinks nor in the recent window: the ledger's candidates."""

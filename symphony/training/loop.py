@@ -138,7 +138,7 @@ def _trim_metrics(path: Path, step: int) -> None:
     keep = []
     for line in path.read_text().splitlines():
         try:
-            if json.loads(line).get("step", 0) < step:
+            if json.loads(line).get("step", 0) <= step:  # records are numbered from 1: step k = k steps done
                 keep.append(line)
         except json.JSONDecodeError:
             break

@@ -183,7 +183,12 @@ def run_training_phase(cfg: SymphonyConfig, run_dir: str | Path, phase: int, for
         save_adapters(model, out_dir, make_manifest(phase, body))
         return {**read_manifest(run_dir, phase), "status": "skipped"}
 
-    body["dev_before"] = evaluate_dev(engine, dev, use_copy, progress=progress)
+    prev_manifest = read_manifest(run_dir, phase - 1)
+    if prev_manifest.get("dev_after") and prev_manifest.get("use_copy") == use_copy and phase > 4:
+        body["dev_before"] = prev_manifest["dev_after"]  # the same weights on the same dev split
+    else:
+        body["dev_before"] = evaluate_dev(engine, dev, use_copy, progress=progress)
+    body["use_copy"] = use_copy
     keeper = None
     if phase == 6:
         stages = parse_int_list(t.curriculum, "train.curriculum")

@@ -1,0 +1,180 @@
+"""Phases 4-7 on the tiny model: the whole pipeline, exact resume after a kill, a loud stop on a non-finite
+loss, prerequisites, and data-parallel training under `accelerate launch` matching one process."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from phases import get_phase
+from symphony.cli import main
+from symphony.config import load_config
+from symphony.errors import SymphonyError
+from symphony.memory.inject import ADAPTERS_FILE
+
+MEMORY = ["memory.kind=fhrr", "memory.pointer=true", "memory.holo_dim=32", "memory.chunk_size=16"]
+
+
+def cfg_for(*extra):
+    return load_config("tiny", [*MEMORY, *extra])
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """A run directory with phases 1-3 done (shared; tests copy it)."""
+    run = tmp_path_factory.mktemp("prepared") / "run"
+    cfg = cfg_for()
+    for n in (1, 2, 3):
+        get_phase(n)(cfg, run, progress=False)
+    return run
+
+
+def copy_run(prepared, dst):
+    shutil.copytree(prepared, dst)
+    return dst
+
+
+def adapters(path):
+    return load_file(str(Path(path) / ADAPTERS_FILE))
+
+
+def metrics(path):
+    return [json.loads(line) for line in (Path(path) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_pipeline_end_to_end_cli(tmp_path):
+    run = tmp_path / "run"
+    sets = [a for s in MEMORY for a in ("-s", s)]
+    res = invoke("pipeline", "-c", "tiny", "-r", run, *sets)
+    assert res.exit_code == 0, res.output
+    for n in range(1, 8):
+        assert (run / f"phase{n}" / "manifest.json").is_file()
+    assert (run / "final" / ADAPTERS_FILE).is_file()
+    assert "dev: nll" in res.output and "pipeline 1-7 done" in res.output
+    m4 = json.loads((run / "phase4" / "manifest.json").read_text())
+    m7 = json.loads((run / "phase7" / "manifest.json").read_text())
+    assert m4["trainable_parameters"] > 0 and m4["training"]["last"]["step"] == 6
+    assert m7["dev_after"]["nll"] < m4["dev_before"]["nll"]  # training moved the dev loss down
+    stages = json.loads((run / "phase6" / "manifest.json").read_text())["stages"]
+    assert [s["length"] for s in stages] == [384, 768]
+    assert not any((run / f"phase{n}" / "train_state").exists() for n in range(4, 8))
+    # a second pipeline run is a no-op; the final adapters load for evaluation
+    res = invoke("pipeline", "-c", "tiny", "-r", run, "--from", "4", *sets)
+    assert res.exit_code == 0 and res.output.count("up-to-date") == 4, res.output
+    res = invoke("eval", "ppl", "-c", "tiny", "--max-tokens", 400, "--methods", "symphony",
+                 "--out", tmp_path / "ppl", "--checkpoint", run)
+    assert res.exit_code == 0, res.output
+
+
+def test_each_phase_names_its_prerequisite(tmp_path, prepared):
+    run = copy_run(prepared, tmp_path / "run")
+    for n in (5, 6, 7):
+        with pytest.raises(SymphonyError, match=f"run first: symphony run-phase {n - 1} --run-dir"):
+            get_phase(n)(cfg_for(), run, progress=False)
+    shutil.rmtree(run / "phase3")
+    with pytest.raises(SymphonyError, match="run first: symphony run-phase 3 --run-dir"):
+        get_phase(4)(cfg_for(), run, progress=False)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_a_kill_gives_the_same_weights(tmp_path, prepared):
+    cfg = cfg_for("train.phase4_steps=5", "train.checkpoint_every=2")
+    whole = copy_run(prepared, tmp_path / "whole")
+    get_phase(4)(cfg, whole, progress=False)
+
+    cut = copy_run(prepared, tmp_path / "cut")
+
+    def kill(step, _record):
+        if step == 3:
+            raise Killed
+    with pytest.raises(Killed):
+        get_phase(4)(cfg, cut, progress=False, on_step=kill)
+    assert (cut / "phase4" / "train_state" / "state.json").is_file()
+    assert not (cut / "phase4" / "manifest.json").exists()  # incomplete phases have no manifest
+    assert json.loads((cut / "phase4" / "train_state" / "state.json").read_text())["step"] == 2
+    get_phase(4)(cfg, cut, progress=False)  # resumes from step 2
+    a, b = adapters(whole / "phase4"), adapters(cut / "phase4")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ma, mb = metrics(whole / "phase4"), metrics(cut / "phase4")
+    assert [m["step"] for m in mb] == [1, 2, 3, 4, 5]
+    assert [m["loss"] for m in ma] == [m["loss"] for m in mb]
+
+
+def test_non_finite_loss_stops_loudly_with_the_last_checkpoint(tmp_path, prepared, monkeypatch):
+    import symphony.training.loop as loop
+
+    run = copy_run(prepared, tmp_path / "run")
+    real = loop.stream_sample
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        st = real(*args, **kwargs)
+        if calls["n"] == 3:
+            st.nll = float("nan")
+        return st
+    monkeypatch.setattr(loop, "stream_sample", poisoned)
+    with pytest.raises(SymphonyError, match=r"loss is nan at step 3; last good checkpoint: .*phase4.*train_state"):
+        get_phase(4)(cfg_for("train.checkpoint_every=2"), run, progress=False)
+    assert not (run / "phase4" / "manifest.json").exists()
+
+
+def test_changed_settings_need_force(tmp_path, prepared):
+    run = copy_run(prepared, tmp_path / "run")
+    get_phase(4)(cfg_for("train.phase4_steps=2"), run, progress=False)
+    assert get_phase(4)(cfg_for("train.phase4_steps=2"), run, progress=False)["status"] == "up-to-date"
+    with pytest.raises(SymphonyError, match="--force"):
+        get_phase(4)(cfg_for("train.phase4_steps=3"), run, progress=False)
+    assert get_phase(4)(cfg_for("train.phase4_steps=3"), run, force=True, progress=False)["status"] == "written"
+
+
+def test_nothing_to_train_is_skipped_not_faked(tmp_path):
+    run = tmp_path / "run"
+    cfg = load_config("tiny", ["memory.kind=fhrr", "memory.holo_dim=32"])  # no pointer heads
+    for n in (1, 2, 3, 4):
+        get_phase(n)(cfg, run, progress=False)
+    out = get_phase(5)(cfg, run, progress=False)
+    assert out["status"] == "skipped" and "memory.pointer is off" in out["reason"]
+
+
+@pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None,
+                    reason="accelerate launcher not installed")
+def test_data_parallel_matches_one_process(tmp_path, prepared):
+    """Two data-parallel CPU processes with batch 1 each == one process with batch 2. accelerate 1.15's
+    `launch --cpu` always starts a single process; `--multi_gpu` starts torchrun workers, which our
+    Accelerator(cpu=True) joins as MULTI_CPU (gloo) when no GPU is present."""
+    steps = ["train.phase4_steps=3", "train.checkpoint_every=10"]
+    single = copy_run(prepared, tmp_path / "single")
+    get_phase(4)(cfg_for(*steps, "train.batch_size=2"), single, progress=False)
+
+    ddp = copy_run(prepared, tmp_path / "ddp")
+    launcher = str(Path(sys.executable).parent / "accelerate")
+    sets = [a for s in [*MEMORY, *steps, "train.batch_size=1"] for a in ("--set", s)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "symphony.cli",
+                           "run-phase", "4", "-c", "tiny", "-r", str(ddp), *sets],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ms, md = metrics(single / "phase4"), metrics(ddp / "phase4")
+    assert [m["step"] for m in md] == [1, 2, 3]
+    for a, b in zip(ms, md):
+        assert a["tokens"] == b["tokens"]
+        assert abs(a["loss"] - b["loss"]) < 1e-4 * max(1.0, abs(a["loss"]))
+    a, b = adapters(single / "phase4"), adapters(ddp / "phase4")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
