@@ -109,7 +109,6 @@ class TrainConfig:
     tbptt_segments: int = 2  # segments per backward: the memory's gradient reaches this many segments back
     checkpoint_every: int = 50  # optimizer steps between atomic checkpoints (resume point)
     mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate; GPU)
-    gradient_checkpointing: bool = False
     optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes, CUDA)
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
