@@ -155,6 +155,7 @@ def run_ppl(cfg, methods: list[str], out: Path, resume: bool = False, memory_lim
         "model": cfg.model.name, "dtype": cfg.model.dtype, "source": source,
         "split": split if dataset else None, "tokens": n, "tokens_sha1": tokens_fingerprint(ids), "bucket": bucket,
         "full_window": window, "stride": stride, "salience": dict(vars(cfg.salience)),
+        **({"checkpoint": cfg.memory.checkpoint} if cfg.memory.checkpoint else {}),  # trained adapters used
         "cache": {k: v for k, v in vars(cfg.cache).items() if k != "policy"},
     }
     _settings_guard(path, settings)
