@@ -166,8 +166,17 @@ def _status_line(session) -> str:
     from symphony.report import fmt_bytes
 
     st = session.status()
+    paging = ""
+    if st.get("page_switches"):  # Titans manifold paging
+        paging = " | page switches " + " ".join(f"L{layer}:{n}" for layer, n in sorted(st["page_switches"].items()))
     return (f"[tokens seen {st['tokens_seen']:,} | cache {fmt_bytes(st['cache_bytes'])} ({st['cache_slots']} slots)"
-            f" | peak memory {fmt_bytes(st['peak_bytes'])}]")
+            f" | peak memory {fmt_bytes(st['peak_bytes'])}{paging}]")
+
+
+def _task_option(fn):
+    return click.option("--task-id", type=click.IntRange(min=0), default=0, show_default=True,
+                        help="Persistent-memory task whose learned tokens open the cache (a checkpoint trained "
+                             "with memory.persistent_tokens > 0 and memory.num_tasks > N).")(fn)
 
 
 def _sampling_options(fn):
@@ -199,12 +208,13 @@ def _printer():
               help="Document of any length to stream before the prompt.")
 @click.option("--prompt", "-p", required=True, help="Question or instruction about the document.")
 @_sampling_options
-def generate(cfg, file, prompt, max_new_tokens, temperature, top_p, policy):
+@_task_option
+def generate(cfg, file, prompt, max_new_tokens, temperature, top_p, policy, task_id):
     """Stream a document of any length through the bounded cache, then answer PROMPT about it."""
     from symphony.engine import ChatSession, engine_from_config
 
     engine = engine_from_config(cfg, policy=policy, progress=True)
-    session = ChatSession(engine)
+    session = ChatSession(engine, task_id=task_id)
     session.preload(file)
     printer = _printer()
     session.say(prompt, max_new_tokens, on_token=lambda t: printer(engine.tokenizer, t),
@@ -220,14 +230,15 @@ def generate(cfg, file, prompt, max_new_tokens, temperature, top_p, policy):
 @click.option("--script", type=click.Path(exists=True, dir_okay=False),
               help="Read the user's turns from this file, one per line, instead of the keyboard.")
 @_sampling_options
-def chat(cfg, file, script, max_new_tokens, temperature, top_p, policy):
+@_task_option
+def chat(cfg, file, script, max_new_tokens, temperature, top_p, policy, task_id):
     """Constant-memory chat: every turn streams through the same bounded cache, so a conversation
     can go on forever. Reads turns from the keyboard, from piped stdin, or from --script.
     Type /exit to leave. After each turn a status line shows tokens seen, cache size and peak memory."""
     from symphony.engine import ChatSession, engine_from_config
 
     engine = engine_from_config(cfg, policy=policy, progress=True)
-    session = ChatSession(engine)
+    session = ChatSession(engine, task_id=task_id)
     if file:
         session.preload(file)
     interactive = script is None and sys.stdin.isatty()

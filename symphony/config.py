@@ -74,6 +74,8 @@ class MemoryConfig:
     titans_pages: int = 1  # research: Titans manifold paging, page groups per head (1 = off)
     titans_page_threshold: float = 0.5  # complexity above which the active Titans page switches
     gate_init: float = 0.0  # adapter gate at injection; 0.0 makes the injected model exactly the base model
+    persistent_tokens: int = 0  # learned persistent-memory tokens per task, fixed first cache slots (0 = off)
+    num_tasks: int = 1  # persistent-memory tasks (chat/generate --task-id, SymphonyModel task_ids)
     checkpoint: str = ""  # trained adapters to load (a phase run's DIR, DIR/final or DIR/phaseN); their own
     # manifest then sets the memory.* keys above. Empty: no adapters (the bare base model)
 
@@ -259,6 +261,10 @@ def validate(cfg: SymphonyConfig) -> None:
     for key in ("heads", "holo_dim", "chunk_size", "titans_hidden"):
         if getattr(m, key) < 0 or (key in ("holo_dim", "chunk_size") and getattr(m, key) < 1):
             raise SymphonyError(f"config key 'memory.{key}' must be positive; got {getattr(m, key)}")
+    if m.persistent_tokens < 0:
+        raise SymphonyError(f"config key 'memory.persistent_tokens' must be 0 (off) or more; got {m.persistent_tokens}")
+    if m.num_tasks < 1:
+        raise SymphonyError(f"config key 'memory.num_tasks' must be at least 1; got {m.num_tasks}")
     if not math.isfinite(m.gate_init):
         raise SymphonyError(f"config key 'memory.gate_init' must be a finite number; got {m.gate_init}")
     parse_layer_spec(m.layers)

@@ -20,6 +20,7 @@ from symphony.chat_format import ChatFormat
 from symphony.config import CacheConfig, SalienceConfig
 from symphony.memory import state_nbytes
 from symphony.memory.inject import adapters_off, memory_adapters, pointer_heads
+from symphony.memory.persistent import persistent_memory
 from symphony.memory.pointer import RouterScorer
 from symphony.recall import RecallLedger
 from symphony.salience import RarityOracle, SalienceScorer
@@ -32,6 +33,9 @@ class SegmentOutput:
     logits: torch.Tensor  # [q, V] next-token logits at every position of the segment
     hidden: torch.Tensor | None  # [q, D] final (normed) hidden states, when computed
     positions: torch.Tensor  # [q] stream positions of the segment's tokens
+    # [V] the LM head's row for the last token as a full forward computes it (logits[-1] is the generate()
+    # path's `logits_to_keep=1` row, equal up to float rounding); None when only the last row was computed
+    head_last: torch.Tensor | None = None
 
 
 @dataclass
@@ -45,10 +49,28 @@ class Stream:
     recall: RecallLedger | None = None  # ids of evicted spans, re-read when a question needs them
     # per memory adapter: (recurrent state, inputs of the tokens the cache still holds), None: no adapters
     memory: list | None = None
+    # persistent memory: the task whose tokens fill the cache's first `persistent` slots (fixed extra sinks;
+    # their stream positions are -persistent..-1, so real tokens keep positions 0, 1, ...)
+    task_id: int = 0
+    persistent: int = 0
+    # (index into `memory`, decoder layer) of every Titans adapter with manifold paging
+    paged: tuple[tuple[int, int], ...] = ()
 
     @property
     def occupied(self) -> int:
+        """Cache slots in use (persistent slots included)."""
         return self.cache.get_seq_length()
+
+    def page_switches(self) -> dict[int, int]:
+        """Manifold-paging page switches so far per decoder layer ({layer: switches summed over the layer's memory
+        heads}), for the Titans adapters with paging (`memory.titans_pages > 1`); {} when there are none."""
+        from symphony.memory.titans import TitansState, page_switches
+
+        out: dict[int, int] = {}
+        for i, layer in self.paged:
+            state = self.memory[i][0] if self.memory is not None and i < len(self.memory) else None
+            out[layer] = int(page_switches(state).sum()) if isinstance(state, TitansState) else 0
+        return out
 
     def nbytes(self) -> int:
         """KV bytes held by the cache (the recall ledger's fixed id table is reported separately)."""
@@ -79,6 +101,7 @@ class StreamingEngine:
             raise ValueError(f"unknown cache policy {self.policy!r}; choose from {', '.join(POLICIES)}")
         self.progress = progress
         self.grad_enabled = False  # the trainer turns it on: memory writes and reads then keep their graph
+        self._persistent = None
         self.device = next(model.parameters()).device
         self._chat_format: ChatFormat | None = None
         self._find_memory()
@@ -89,31 +112,81 @@ class StreamingEngine:
         mine = self.policy == "symphony"
         self._adapters = memory_adapters(self.model) if mine else []
         self._pointer = pointer_heads(self.model) if mine else None
+        self._persistent = persistent_memory(self.model) if mine else None
 
     # -- streams -------------------------------------------------------------------------------
     @property
-    def capacity(self) -> int | None:
-        c = self.cache_cfg
-        return None if self.policy == "full" else c.sinks + c.ledger + c.window
+    def persistent_tokens(self) -> int:
+        """Cache slots the persistent memory holds in every stream (0 without one, or for a baseline policy)."""
+        return self._persistent.tokens if self._persistent is not None else 0
 
-    def new_stream(self) -> Stream:
-        """A fresh stream: empty cache and, with memory adapters, fresh (empty) memory states."""
-        stream = self._new_stream()
+    @property
+    def num_tasks(self) -> int:
+        """Persistent-memory tasks of the model (1 without persistent memory: only task 0 exists)."""
+        pm = persistent_memory(self.model)
+        return pm.num_tasks if pm is not None else 1
+
+    @property
+    def capacity(self) -> int | None:
+        """Slots a compacted cache holds: sinks + ledger + window, plus the persistent-memory slots."""
+        c = self.cache_cfg
+        return None if self.policy == "full" else c.sinks + c.ledger + c.window + self.persistent_tokens
+
+    def check_task(self, task_id: int) -> int:
+        """`task_id` if the model has it; SymphonyError (one line) otherwise."""
+        from symphony.errors import SymphonyError
+
+        task_id = int(task_id)
+        pm = persistent_memory(self.model)
+        if pm is None and task_id != 0:
+            raise SymphonyError(f"task id {task_id} needs persistent memory, which this model has none of (only task "
+                                "0); load a checkpoint trained with memory.persistent_tokens > 0")
+        if pm is not None and not 0 <= task_id < pm.num_tasks:
+            raise SymphonyError(f"task id {task_id} is out of range: this model's persistent memory has "
+                                f"{pm.num_tasks} task(s), ids 0..{pm.num_tasks - 1}")
+        return task_id
+
+    def new_stream(self, task_id: int = 0) -> Stream:
+        """A fresh stream: empty cache and, with memory adapters, fresh (empty) memory states. With persistent
+        memory (`symphony` policy), task `task_id`'s persistent tokens are fed first and fill the cache's first
+        slots for the stream's whole life."""
+        task_id = self.check_task(task_id)
         self._find_memory()  # a model may have been injected since the engine was made
+        stream = self._new_stream(self.persistent_tokens)
         if self._adapters:
             stream.memory = [(None, None)] * len(self._adapters)
+            stream.paged = tuple((i, a.layer_idx) for i, a in enumerate(self._adapters)
+                                 if getattr(a.memory, "num_pages", 1) > 1)
+        if self._persistent is not None:
+            self._prefill_persistent(stream, task_id)
         if self._pointer is not None and stream.scorer is not None:  # the learned router refines the oracle
             stream.scorer = RouterScorer(self._pointer.router, base=stream.scorer)
         return stream
 
-    def _new_stream(self) -> Stream:
+    def _prefill_persistent(self, stream: Stream, task_id: int) -> None:
+        """Feed the task's persistent embeddings into the (empty) stream: they take slots 0..P-1, which the cache
+        keeps as sinks. Token ids stay -1 (nothing to copy), stream positions become -P..-1, and the stream still
+        has nothing to continue from (`last_logits` None), as a fresh stream."""
+        emb = self._persistent(task_id)
+        w = getattr(self.model.get_input_embeddings(), "weight", None)
+        dtype = w.dtype if w is not None and w.is_floating_point() else self.model.dtype  # what the table would give
+        p = emb.shape[0]
+        with self._memory_of(stream), torch.set_grad_enabled(self.grad_enabled):
+            self.model(inputs_embeds=emb.to(device=self.device, dtype=dtype)[None], past_key_values=stream.cache,
+                       use_cache=True, logits_to_keep=1)
+        stream.cache.positions[:p] = torch.arange(-p, 0)
+        stream.cache.tokens_seen = 0
+        stream.task_id, stream.persistent = task_id, p
+
+    def _new_stream(self, persistent: int = 0) -> Stream:
         c = self.cache_cfg
         if self.policy == "full":
             return Stream(DynamicCache(config=self.model.config), None)
         if self.policy == "sinks":  # StreamingLLM at the same slot budget: sinks + one long window
             cache = BoundedCache.for_model(self.model, c.sinks, 0, c.ledger + c.window, c.span_len)
             return Stream(cache, None)
-        cache = BoundedCache.for_model(self.model, c.sinks, c.ledger, c.window, c.span_len,
+        # persistent slots come first and count as extra sinks: never evicted, never moved (never re-rotated)
+        cache = BoundedCache.for_model(self.model, c.sinks + persistent, c.ledger, c.window, c.span_len,
                                        self.salience_cfg.smooth_radius)
         recall = RecallLedger(c.recall_tokens, c.span_len) if c.recall_tokens > 0 else None
         if recall is not None:
@@ -144,8 +217,10 @@ class StreamingEngine:
                              logits_to_keep=1, output_hidden_states=need_all)
         last = out.logits[0, -1]
         hidden = out.hidden_states[-1][0] if need_all else None
+        head_last = None
         if need_all:
             logits = self.model.get_output_embeddings()(hidden)
+            head_last = logits[-1].clone()
             logits[-1] = last
         else:
             logits = out.logits[0]
@@ -163,7 +238,7 @@ class StreamingEngine:
             last = mixed[-1]
         stream.tokens_seen += ids.numel()
         stream.last_logits = last.detach().float()
-        return SegmentOutput(logits, hidden, positions)
+        return SegmentOutput(logits, hidden, positions, head_last)
 
     @contextmanager
     def _memory_of(self, stream: Stream):
@@ -200,6 +275,23 @@ class StreamingEngine:
         if stream.memory is not None:
             stream.memory = [(detach_state(state), None if pending is None else pending.detach())
                              for state, pending in stream.memory]
+        if stream.persistent and self.grad_enabled and self._persistent is not None:
+            self._reattach_persistent(stream)
+
+    def _reattach_persistent(self, stream: Stream) -> None:
+        """Give the persistent slots a fresh graph after a truncation, so the persistent tokens (and whatever their
+        KV depends on) get gradients from every window of a sample. Their KV is a function of the parameters only
+        (the prefix comes first, sees only itself, and the memories read a fresh state), so recomputing it in a
+        scratch stream gives the same values; the slots never moved, so no re-rotation is needed."""
+        scratch = self._new_stream(stream.persistent)
+        if self._adapters:
+            scratch.memory = [(None, None)] * len(self._adapters)
+        self._prefill_persistent(scratch, stream.task_id)
+        p = stream.persistent
+        for old, new in zip(stream.cache.layers, scratch.cache.layers):
+            if getattr(old, "is_initialized", False) and old.keys is not None and new.keys is not None:
+                old.keys = torch.cat([new.keys, old.keys[..., p:, :]], dim=-2)
+                old.values = torch.cat([new.values, old.values[..., p:, :]], dim=-2)
 
     def _copy_active(self) -> bool:
         """The copy head joins decoding once trained (gate scale > 0); at exactly 0 it is skipped (a no-op)."""
@@ -358,9 +450,9 @@ def sample(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0,
 class ChatSession:
     """A multi-turn constant-memory conversation: every turn streams through the same bounded cache."""
 
-    def __init__(self, engine: StreamingEngine):
+    def __init__(self, engine: StreamingEngine, task_id: int = 0):
         self.engine = engine
-        self.stream = engine.new_stream()
+        self.stream = engine.new_stream(task_id)
         self.turns = 0
         self._document_pending: list[Path] = []
 
@@ -385,12 +477,16 @@ class ChatSession:
         return eng.tokenizer.decode(reply, skip_special_tokens=True)
 
     def status(self) -> dict:
-        return {
+        st = {
             "tokens_seen": self.stream.tokens_seen,
             "cache_slots": self.stream.occupied,
             "cache_bytes": self.stream.nbytes(),
             "peak_bytes": peak_memory_bytes(self.engine.device),
         }
+        switches = self.stream.page_switches()
+        if switches:  # Titans manifold paging: {layer: page switches}
+            st["page_switches"] = switches
+        return st
 
 
 def iter_text_file(path: str | Path, chunk_chars: int = 1 << 16) -> Iterator[str]:

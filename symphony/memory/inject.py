@@ -5,8 +5,8 @@
     load_adapters(model, out_dir)               # into a model injected with the same memory config
 
 Checkpoint keys are the adapters' names inside the model (e.g. `model.layers.1.mlp.memory_adapter.gate`,
-`symphony_pointer.copy_head.gate_scale`), so a checkpoint made for other layers or other sizes is
-refused with the missing / unexpected / mis-shaped keys named, never loaded partially.
+`symphony_pointer.copy_head.gate_scale`, `symphony_persistent.embeddings`), so a checkpoint made for other layers or
+other sizes is refused with the missing / unexpected / mis-shaped keys named, never loaded partially.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from symphony.errors import SymphonyError
 from symphony.io import atomic_write_bytes, atomic_write_json, read_json
 from symphony.memory.adapter import ATTR, MemoryAdapter
 from symphony.memory.fhrr import FHRRConfig, FHRRMemory
+from symphony.memory.persistent import PERSISTENT_ATTR, PersistentMemory, persistent_memory
 from symphony.memory.pointer import CopyHead, SalienceRouter
 from symphony.memory.titans import TitansConfig, TitansMemory
 
@@ -68,7 +69,7 @@ def pointer_heads(model: nn.Module) -> PointerHeads | None:
 
 
 def has_memory(model: nn.Module) -> bool:
-    return bool(memory_adapters(model)) or pointer_heads(model) is not None
+    return bool(memory_adapters(model)) or pointer_heads(model) is not None or persistent_memory(model) is not None
 
 
 # ---- per-stream memory state -------------------------------------------------------------------------
@@ -132,7 +133,8 @@ def _branch_placement(module: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 
 def inject(model: nn.Module, mem_cfg: MemoryConfig, seed: int = 0) -> list[MemoryAdapter]:
-    """Freeze `model` and attach zero-gated memory adapters (and the pointer heads when `mem_cfg.pointer`).
+    """Freeze `model` and attach zero-gated memory adapters (and the pointer heads when `mem_cfg.pointer`, the
+    persistent memory as `model.symphony_persistent` when `mem_cfg.persistent_tokens > 0`).
 
     Only the new parameters require grad. Initialisation is seeded (same seed, same adapters) and does not
     touch the global RNG. Returns the adapters in layer order ([] for kind none)."""
@@ -161,11 +163,18 @@ def inject(model: nn.Module, mem_cfg: MemoryConfig, seed: int = 0) -> list[Memor
             device, dtype = _branch_placement(model)
             embed = model.get_input_embeddings().embedding_dim
             setattr(model, POINTER_ATTR, PointerHeads(dim, embed).to(device=device, dtype=dtype))
+        if mem_cfg.persistent_tokens > 0:
+            table = model.get_input_embeddings()
+            device, dtype = _branch_placement(table)  # beside the embedding table its rows are fed in place of
+            vocab = getattr(tc, "vocab_size", None) or getattr(table, "num_embeddings", 1)
+            pm = PersistentMemory.from_embeddings(table, mem_cfg.num_tasks, mem_cfg.persistent_tokens, vocab, dtype)
+            setattr(model, PERSISTENT_ATTR, pm.to(device=device))
     return adapters
 
 
 def remove_adapters(model: nn.Module) -> None:
-    """Undo `inject`: detach every adapter and the pointer heads (the base model is left as loaded)."""
+    """Undo `inject`: detach every adapter, the pointer heads and the persistent memory (the base model is left as
+    loaded)."""
     for layer in _decoder_layers(model):
         mlp = getattr(layer, "mlp", None)
         adapter = getattr(mlp, ATTR, None) if mlp is not None else None
@@ -173,10 +182,13 @@ def remove_adapters(model: nn.Module) -> None:
             adapter.detach_from(mlp)
     if pointer_heads(model) is not None:
         delattr(model, POINTER_ATTR)
+    if persistent_memory(model) is not None:
+        delattr(model, PERSISTENT_ATTR)
 
 
 def _adapter_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, (MemoryAdapter, PointerHeads))]
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, (MemoryAdapter, PointerHeads, PersistentMemory))]
 
 
 def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -4,7 +4,8 @@
     5 hep-dna    salience router + copy head               keep-exactly labels + answer tokens of the tasks
     6 calibrate  gates, decay/forget, copy gate            curriculum over train.curriculum lengths; the best
                                                            stage on the dev split is kept
-    7 finetune   every adapter and pointer parameter       all samples; exports DIR/final
+    7 finetune   every adapter and pointer parameter,      all samples; exports DIR/final
+                 and the persistent-memory task tokens
 
 Each phase starts from the previous phase's adapters (phase 4 from phase 2's), takes the memory config
 phase 2 recorded, and writes DIR/phaseN/{adapters.safetensors, manifest.json, metrics.jsonl}.
@@ -21,6 +22,7 @@ from symphony.errors import SymphonyError
 from symphony.memory.inject import (
     ADAPTERS_FILE, MANIFEST_FILE, adapter_state_dict, load_checkpoint, memory_adapters, pointer_heads, save_adapters,
 )
+from symphony.memory.persistent import PERSISTENT_ATTR, persistent_memory
 from symphony.runs import fingerprint, make_manifest, manifest_path, phase_dir, read_manifest
 from symphony.training.dev import dev_score, evaluate_dev
 from symphony.training.loop import (
@@ -69,12 +71,15 @@ def _trainable(model, phase: int) -> list[torch.nn.Parameter]:
     adapters = [(n, p) for n, p in model.named_parameters() if ".memory_adapter." in n]
     heads = pointer_heads(model)
     pointer = [(f"symphony_pointer.{n}", p) for n, p in heads.named_parameters()] if heads is not None else []
-    learnable = {n for n, p in adapters + pointer if p.requires_grad}  # as inject made them, on a fresh model
+    pm = persistent_memory(model)  # persistent task tokens: phase 7 only
+    persistent = [(f"{PERSISTENT_ATTR}.{n}", p) for n, p in pm.named_parameters()] if pm is not None else []
+    everything = adapters + pointer + persistent
+    learnable = {n for n, p in everything if p.requires_grad}  # as inject made them, on a fresh model
     chosen = {4: adapters, 5: pointer, 6: [(n, p) for n, p in adapters + pointer if _calibrated(n)],
-              7: adapters + pointer}[phase]
+              7: everything}[phase]
     names = {n for n, _ in chosen if n in learnable}
     params = []
-    for n, p in adapters + pointer:
+    for n, p in everything:
         p.requires_grad_(n in names)
         if n in names:
             params.append(p)
