@@ -11,7 +11,7 @@ def config_options(fn):
     """--config and --set, shared by every command that needs a config."""
 
     @click.option("--config", "-c", "config_name", default="smollm2-135m", show_default=True,
-                  help="Preset name (tiny, smollm2-135m, qwen2.5-1.5b, qwen2.5-7b-8gb) or a YAML file.")
+                  help="Preset name (tiny, smollm2-135m, smollm2-135m-cpu, qwen2.5-1.5b, qwen2.5-7b-8gb) or a YAML file.")
     @click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE",
                   help="Override a config key, e.g. --set cache.window=2048 (repeatable).")
     @functools.wraps(fn)
