@@ -298,17 +298,22 @@ class StreamingEngine:
         return self._pointer is not None and float(self._pointer.copy_head.gate_scale) > 0
 
     def copy_logprobs(self, cache: BoundedCache, hidden: torch.Tensor, logits: torch.Tensor,
-                  positions: torch.Tensor) -> torch.Tensor:
+                      positions: torch.Tensor, with_copy: bool = False):
         """Pointer-generator: the LM's distribution mixed with a copy distribution over the tokens the cache
-        holds (up to each query's own position). Returns log-probabilities [q, V]."""
+        holds (up to each query's own position). Returns log-probabilities [q, V]; with `with_copy`, also
+        the copy distribution alone [q, V] (the trainer supervises it directly: through the mix alone a
+        copy head whose gate is 0 would get no gradient)."""
         from symphony.memory.pointer import causal_source_mask
 
         known = cache.token_ids >= 0
         src_ids, src_pos = cache.token_ids[known], cache.positions[known]
         dev = hidden.device
-        embeds = self.model.get_input_embeddings()(src_ids.to(dev))
+        embeds = self.model.get_input_embeddings()(src_ids.to(dev))[None]
         mask = causal_source_mask(positions + 1, src_pos).to(dev)  # the token at the query itself may be copied
-        return self._pointer.copy_head(hidden[None], logits[None], embeds[None], src_ids.to(dev)[None], mask)[0]
+        head, ids = self._pointer.copy_head, src_ids.to(dev)[None]
+        p_copy = head.copy_distribution(hidden[None], embeds, ids, logits.shape[-1], mask)
+        mixed = head.mix(hidden[None], logits[None], p_copy)[0]
+        return (mixed, p_copy[0]) if with_copy else mixed
 
     def compact(self, stream: Stream) -> None:
         """Evict down to the cache's capacity; the memory adapters then store the evicted tokens."""

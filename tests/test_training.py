@@ -178,3 +178,31 @@ def test_data_parallel_matches_one_process(tmp_path, prepared):
         assert abs(a["loss"] - b["loss"]) < 1e-4 * max(1.0, abs(a["loss"]))
     a, b = adapters(single / "phase4"), adapters(ddp / "phase4")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_copy_head_learns_from_a_closed_gate_and_its_gate_stays_in_range(tmp_path, prepared):
+    """Phase 5 supervises the copy distribution directly (pointer loss), so the copy head's query/key
+    projections learn while the gate is still 0; the gate scale is projected back into [0, 1] after
+    every step instead of dying below 0."""
+    run = copy_run(prepared, tmp_path / "run")
+    cfg = cfg_for("train.phase4_steps=1", "train.phase5_steps=4")
+    get_phase(4)(cfg, run, progress=False)
+    get_phase(5)(cfg, run, progress=False)
+    before, after = adapters(run / "phase4"), adapters(run / "phase5")
+    for key in ("symphony_pointer.copy_head.q.weight", "symphony_pointer.copy_head.k.weight"):
+        assert not torch.equal(before[key], after[key])
+    assert 0.0 <= float(after["symphony_pointer.copy_head.gate_scale"]) <= 1.0
+
+
+def test_gate_scale_projection():
+    from symphony.memory.pointer import CopyHead
+
+    head = CopyHead(8, 8)
+    with torch.no_grad():
+        head.gate_scale.fill_(-0.3)
+    head.project_()
+    assert head.gate_scale.item() == 0.0
+    with torch.no_grad():
+        head.gate_scale.fill_(1.7)
+    head.project_()
+    assert head.gate_scale.item() == 1.0

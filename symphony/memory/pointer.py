@@ -79,10 +79,20 @@ class CopyHead(nn.Module):
 
     def forward(self, hidden, lm_logits, src_embeds, src_ids, src_mask=None) -> torch.Tensor:
         """Mixed log-probabilities log((1-g) p_lm + g p_copy), [B, T, V]."""
-        p_lm = torch.softmax(lm_logits.float(), dim=-1)
         p_copy = self.copy_distribution(hidden, src_embeds, src_ids, lm_logits.shape[-1], src_mask)
+        return self.mix(hidden, lm_logits, p_copy)
+
+    def mix(self, hidden, lm_logits, p_copy) -> torch.Tensor:
+        p_lm = torch.softmax(lm_logits.float(), dim=-1)
         g = self.gate_value(hidden)[..., None]
         return torch.log(((1 - g) * p_lm + g * p_copy).clamp_min(1e-30))
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """After an optimizer step: keep the gate scale in [0, 1] (projected gradient). Clamping only in
+        the forward would let a step push it below 0, where the clamp passes no gradient and the copy
+        head could never come back."""
+        self.gate_scale.clamp_(0.0, 1.0)
 
 
 def causal_source_mask(query_pos: torch.Tensor, src_pos: torch.Tensor) -> torch.Tensor:

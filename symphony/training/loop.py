@@ -202,6 +202,9 @@ def train_loop(cfg, engine, dataset, spec: LoopSpec, progress: bool = True,
             grad_norm = float(torch.nn.utils.clip_grad_norm_(spec.params, t.max_grad_norm)) \
                 if t.max_grad_norm > 0 else float("nan")
             optimizer.step()
+            for module in model.modules():  # parameters with a constrained range (e.g. the copy gate scale)
+                if hasattr(module, "project_"):
+                    module.project_()
             dt = time.perf_counter() - t0
             record = {"step": step + 1, "loss": round(loss, 6), "nll": round(nll, 6),
                       "router_bce": round(router, 6) if spec.use_router else None,

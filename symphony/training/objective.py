@@ -57,8 +57,15 @@ def stream_sample(engine: StreamingEngine, ids: torch.Tensor, loss_mask: torch.T
         if rows.numel():
             t = tgt.to(logits.device)[rows]
             if use_copy:
-                logp = engine.copy_logprobs(stream.cache, pred_h[rows], pred_l[rows], pred_pos[rows])
+                logp, p_copy = engine.copy_logprobs(stream.cache, pred_h[rows], pred_l[rows], pred_pos[rows],
+                                                    with_copy=True)
                 nll = -logp.gather(-1, t[:, None]).sum()
+                # pointer supervision: where the target is among the cached tokens, the copy distribution
+                # alone should point at it (gives the copy head gradients while its gate is still ~0)
+                p_t = p_copy.gather(-1, t[:, None])[:, 0]
+                hit = p_t > 0
+                if backward and hit.any():
+                    loss = loss - torch.log(p_t[hit].clamp_min(1e-30)).sum() / n_targets
             else:
                 nll = F.cross_entropy(pred_l[rows].float(), t, reduction="sum")
             stats.nll += float(nll.detach())
