@@ -68,7 +68,7 @@ def test_pipeline_end_to_end_cli(tmp_path):
     assert m4["trainable_parameters"] > 0 and m4["training"]["last"]["step"] == 6
     assert m7["dev_after"]["nll"] < m4["dev_before"]["nll"]  # training moved the dev loss down
     stages = json.loads((run / "phase6" / "manifest.json").read_text())["stages"]
-    assert [s["length"] for s in stages] == [384, 768]
+    assert [s["length"] for s in stages] == [None, 384, 768]  # the starting weights, then each stage
     assert not any((run / f"phase{n}" / "train_state").exists() for n in range(4, 8))
     # a second pipeline run is a no-op; the final adapters load for evaluation
     res = invoke("pipeline", "-c", "tiny", "-r", run, "--from", "4", *sets)

@@ -109,6 +109,12 @@ class BestKeeper:
         self.best: dict | None = None
         self.history: list[dict] = []
 
+    def start(self, metrics: dict) -> None:
+        """Record the starting weights as the first candidate (stage -1): no stage that is worse on the dev
+        split replaces them."""
+        self.history = [{"stage": -1, "length": None, "step": 0, **metrics}]
+        self.best = {k: t.detach().clone().cpu() for k, t in adapter_state_dict(self.engine.model).items()}
+
     def state(self):
         return {"history": self.history}, self.best
 
@@ -207,6 +213,7 @@ def run_training_phase(cfg: SymphonyConfig, run_dir: str | Path, phase: int, for
         sampler = lambda step, k: samplers[step // per_stage](step % per_stage, k)  # noqa: E731
         steps = per_stage * len(stages)
         keeper = BestKeeper(engine, dev, use_copy, per_stage, stages, progress)
+        keeper.start(body["dev_before"])  # the weights phase 6 starts from are a candidate too
     else:
         steps = cap(getattr(t, f"phase{phase}_steps"))
         sampler = epoch_sampler(_pool(train, phase), cfg.seed + phase)
