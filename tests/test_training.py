@@ -70,6 +70,7 @@ def test_pipeline_end_to_end_cli(tmp_path):
     stages = json.loads((run / "phase6" / "manifest.json").read_text())["stages"]
     assert [s["length"] for s in stages] == [None, 384, 768]  # the starting weights, then each stage
     assert not any((run / f"phase{n}" / "train_state").exists() for n in range(4, 8))
+    assert all((run / f"phase{n}" / "loss.png").is_file() for n in range(4, 8))
     # a second pipeline run is a no-op; the final adapters load for evaluation
     res = invoke("pipeline", "-c", "tiny", "-r", run, "--from", "4", *sets)
     assert res.exit_code == 0 and res.output.count("up-to-date") == 4, res.output

@@ -229,6 +229,9 @@ def run_training_phase(cfg: SymphonyConfig, run_dir: str | Path, phase: int, for
     if has_pointer:
         body["copy_gate_scale"] = round(pointer_heads(model).copy_head.gate_scale.item(), 6)
     if is_main_process():  # data-parallel runs: one process writes
+        from symphony.training.plots import plot_losses
+
+        plot_losses(out_dir / "metrics.jsonl", out_dir / "loss.png", f"phase {phase} ({NAMES[phase]})")
         save_adapters(model, out_dir, make_manifest(phase, body))
         if phase == 7:
             save_adapters(model, run_dir / "final", make_manifest(phase, {**body, "name": "final"}))
