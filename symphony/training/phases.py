@@ -20,7 +20,7 @@ import torch
 from symphony.config import SymphonyConfig, parse_int_list
 from symphony.errors import SymphonyError
 from symphony.memory.inject import (
-    ADAPTERS_FILE, MANIFEST_FILE, adapter_state_dict, load_checkpoint, memory_adapters, pointer_heads, save_adapters,
+    ADAPTERS_FILE, adapter_state_dict, load_checkpoint, memory_adapters, pointer_heads, save_adapters,
 )
 from symphony.memory.persistent import PERSISTENT_ATTR, persistent_memory
 from symphony.runs import fingerprint, make_manifest, manifest_path, phase_dir, read_manifest
@@ -33,9 +33,9 @@ NAMES = {4: "coarse pre-training", 5: "HEP-DNA", 6: "long-range calibration", 7:
 
 
 def effective_config(cfg: SymphonyConfig, run_dir: Path) -> SymphonyConfig:
-    """The run's config: the model phase 1 froze and the memory phase 2 built, with this call's cache/train/data."""
-    phase1 = read_manifest(run_dir, 1, needed_by=2)
-    phase2 = read_manifest(run_dir, 2, needed_by=3)
+    """The run's config: the model and memory phase 2 built (its model is phase 1's), with this call's
+    cache/salience/data/train settings."""
+    phase2 = read_manifest(run_dir, 2)  # the caller has checked the prerequisites
     out = copy.deepcopy(cfg)
     made = phase2.get("config") or {}
     if (made.get("model") or {}).get("name") not in (None, cfg.model.name):
@@ -45,7 +45,6 @@ def effective_config(cfg: SymphonyConfig, run_dir: Path) -> SymphonyConfig:
         if hasattr(out.memory, key) and key != "checkpoint":
             setattr(out.memory, key, value)
     out.memory.checkpoint = ""
-    del phase1
     return out
 
 
@@ -239,6 +238,3 @@ def run_training_phase(cfg: SymphonyConfig, run_dir: str | Path, phase: int, for
     wait_for_everyone()
     return {**read_manifest(run_dir, phase), "status": "written"}
 
-
-def is_complete(run_dir: Path, phase: int) -> bool:
-    return (phase_dir(run_dir, phase) / MANIFEST_FILE).is_file()
