@@ -23,3 +23,10 @@ $S eval needle -c $C --lengths $LENGTHS --depths 10,50,90 --methods symphony --c
 $S eval needle -c $C --lengths $LENGTHS --depths 10,50,90 --methods symphony --distractors 3 --checkpoint $RUN \
     --out results/train/needle_${KIND}_mk3 --resume
 $S eval ppl -c $C --max-tokens 8192 --methods symphony --checkpoint $RUN --out results/train/ppl_$KIND --resume
+# 32k with 3 distractors
+$S eval needle -c $C --lengths 32k --depths 10,50,90 --methods sinks --distractors 3 \
+    --out results/train/needle_sinks_mk3_32k --resume
+$S eval needle -c $C --lengths 32k --depths 10,50,90 --methods symphony --distractors 3 \
+    --out results/train/needle_base_mk3_32k --resume
+$S eval needle -c $C --lengths 32k --depths 10,50,90 --methods symphony --distractors 3 --checkpoint $RUN \
+    --out results/train/needle_${KIND}_mk3_32k --resume
