@@ -258,3 +258,23 @@ def test_bfloat16_module_keeps_float32_memory():
     out, state = mem(x)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
     assert all(t.dtype == torch.float32 for t in state.weights + state.momentum)
+
+
+def test_read_norm_bounds_the_read_out():
+    """read_norm: each head's M_W(q) has unit RMS before to_out, so a linear memory's weights blown up x1000
+    (a memory streamed far past its training length) read out what they do at x1 (up to the norm's eps);
+    without it, 1000 times as much."""
+    x = torch.randn(2, 40, 24, generator=gen(3), dtype=torch.float64)
+    for read_norm in (False, True):
+        mem = small_memory(depth=1, read_norm=read_norm)
+        _, state = mem(x)
+        big = state._replace(weights=tuple(w * 1000 for w in state.weights))
+        q = x[:, :5]
+        small_out, big_out = mem.read(q, state), mem.read(q, big)
+        if read_norm:
+            torch.testing.assert_close(big_out, small_out, rtol=1e-3, atol=1e-4)
+            heads = mem._read(tuple(w.flatten(0, 1) for w in big.weights),
+                              mem.project(q)[0].flatten(0, 1))
+            torch.testing.assert_close(heads.pow(2).mean(-1), torch.ones(4, 5, dtype=torch.float64))
+        else:
+            torch.testing.assert_close(big_out, small_out * 1000)

@@ -118,7 +118,8 @@ def build_memory(mem_cfg: MemoryConfig, dim: int, model_heads: int) -> nn.Module
                                          chunk_size=mem_cfg.chunk_size,
                                          use_symplectic_gating=mem_cfg.titans_symplectic,
                                          num_pages=mem_cfg.titans_pages,
-                                         page_threshold=mem_cfg.titans_page_threshold))
+                                         page_threshold=mem_cfg.titans_page_threshold,
+                                         read_norm=mem_cfg.titans_read_norm))
     raise SymphonyError(f"config key 'memory.kind' must be fhrr or titans to build a memory; got '{mem_cfg.kind}'")
 
 

@@ -35,6 +35,10 @@ tokens, with keys k_i, values v_i, queries q_i projected from x and write weight
 - Trainable: the per-chunk gradient is closed-form (plain tensor ops, no torch.func), so backprop through
   the inner updates (second order included) reaches W_0, projections and gates. Detach the state
   between calls (`symphony.memory.detach_state`) for truncated BPTT.
+- Bounded read-out (`read_norm`, on in the engine's config): each head's M_W(q) is RMS-normalised before
+  `to_out`, as titans-pytorch's post-retrieval RMSNorm. However far the weights drift on a stream much
+  longer than the training samples, the branch's output then stays ‖to_out‖-sized; without it a memory
+  trained on 1.5k-token samples read out values of 10^3+ at 8k tokens and the model diverged.
 - The memory math runs in float32 (float64 if the module is float64) whatever the model dtype.
 
 Research extensions (off by default; with both off every output and state is what it was without them):
@@ -90,6 +94,7 @@ class TitansConfig:
     complexity_dim: int = 0  # planes p of the wedge projection; 0 -> head_dim
     num_pages: int = 1  # manifold paging: page groups of memory weights per head (1 = off)
     page_threshold: float = 0.5  # the active page switches when a chunk's complexity exceeds this
+    read_norm: bool = False  # RMS-normalise each head's read-out M_W(q) before to_out (bounded read-out)
 
 
 class TitansState(NamedTuple):
@@ -283,11 +288,13 @@ class TitansMemory(nn.Module):
     def _read(self, weights: tuple[Tensor, ...], q: Tensor) -> Tensor:
         """M_W(q) for q [(b h), c, k]; with paging (weights [(b h), P, o, i]) pooled over pages with π."""
         if self.num_pages == 1:
-            return mlp_apply(weights, q)
-        P = self.num_pages
-        y = mlp_apply(tuple(w.flatten(0, 1) for w in weights), repeat(q, "B c k -> (B P) c k", P=P))
-        pool = self._per_memory(self.page_pool.softmax(dim=-1), q.shape[0] // self.heads, q.dtype)
-        return einsum(rearrange(y, "(B P) c d -> B P c d", P=P), pool, "B P c d, B P -> B c d")
+            y = mlp_apply(weights, q)
+        else:
+            P = self.num_pages
+            y = mlp_apply(tuple(w.flatten(0, 1) for w in weights), repeat(q, "B c k -> (B P) c k", P=P))
+            pool = self._per_memory(self.page_pool.softmax(dim=-1), q.shape[0] // self.heads, q.dtype)
+            y = einsum(rearrange(y, "(B P) c d -> B P c d", P=P), pool, "B P c d, B P -> B c d")
+        return F.rms_norm(y, y.shape[-1:], eps=1e-6) if self.cfg.read_norm else y
 
     @staticmethod
     def _paged_step(weights, momentum, page: Tensor, *step_args):
