@@ -3,26 +3,20 @@ memory, the baselines run the bare base model, the router feeds the ledger, the 
 and trained checkpoints load through `memory.checkpoint`."""
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
 from symphony.cache import BoundedCache
 from symphony.config import load_config
-from symphony.engine import StreamingEngine, engine_from_config
+from symphony.engine import engine_from_config
 from symphony.errors import SymphonyError
 from symphony.memory.inject import find_checkpoint, inject, memory_adapters, pointer_heads, save_adapters
 from symphony.memory.pointer import RouterScorer
 from symphony.models.tiny import tiny_model
+from stream_helpers import SMALL, engine, ids_for, segment_logits
 
-SMALL = ["memory.holo_dim=32", "memory.chunk_size=16", "memory.titans_hidden=16"]
 # a cache with no sinks and no ledger: once a token leaves the window, only the memory can carry it
 WINDOW_ONLY = dict(sinks=0, ledger=0, window=32, segment_len=16, recall_tokens=0)
-
-
-def ids_for(n, seed=0):
-    return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(seed))
 
 
 def injected(kind="fhrr", gate=1.0, *extra):
@@ -33,16 +27,6 @@ def injected(kind="fhrr", gate=1.0, *extra):
         for a in memory_adapters(model):
             a.gate.fill_(gate)
     return cfg, model
-
-
-def engine(model, cfg, policy="symphony", **cache):
-    return StreamingEngine(model, None, dataclasses.replace(cfg.cache, **cache), cfg.salience, policy=policy)
-
-
-def segment_logits(eng, stream, ids):
-    out = []
-    eng.ingest(stream, ids, on_segment=lambda s, seg, logits: out.append(logits.clone()))
-    return torch.cat(out)
 
 
 @pytest.mark.parametrize("kind", ["fhrr", "titans"])

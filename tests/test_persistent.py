@@ -13,13 +13,9 @@ from symphony.errors import SymphonyError
 from symphony.memory.inject import adapter_state_dict, inject, load_checkpoint, memory_adapters, save_adapters
 from symphony.memory.persistent import PersistentMemory, persistent_memory
 from symphony.models.tiny import tiny_model
+from stream_helpers import SMALL, engine, ids_for, segment_logits
 
-SMALL = ["memory.holo_dim=32", "memory.chunk_size=16", "memory.titans_hidden=16"]
 P = 4
-
-
-def ids_for(n, seed=0):
-    return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(seed))
 
 
 def injected(*extra, gate=None):
@@ -31,16 +27,6 @@ def injected(*extra, gate=None):
             for a in memory_adapters(model):
                 a.gate.fill_(gate)
     return cfg, model
-
-
-def engine(model, cfg, policy="symphony", **cache):
-    return StreamingEngine(model, None, dataclasses.replace(cfg.cache, **cache), cfg.salience, policy=policy)
-
-
-def segment_logits(eng, stream, ids):
-    out = []
-    eng.ingest(stream, ids, on_segment=lambda s, seg, logits: out.append(logits.clone()))
-    return torch.cat(out)
 
 
 def test_flags_off_is_bit_equal_to_the_model_without_persistent_memory():
