@@ -158,7 +158,7 @@ def _hub_config_online(source: ModelSource, trust_remote_code: bool, first_error
 
 def load_model(spec: ModelConfig, seed: int = 0) -> LoadedModel:
     """Load model + tokenizer, eval mode, on the requested device/dtype/quantisation."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     source = resolve_source(spec.name)
     device = resolve_device(spec.device)
@@ -182,12 +182,9 @@ def load_model(spec: ModelConfig, seed: int = 0) -> LoadedModel:
             else BitsAndBytesConfig(load_in_8bit=True)
         )
         kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
-    local_only = source.kind != "hub" or _offline() or _in_hf_cache(source.location)
+    tokenizer = _auto_tokenizer(source, spec.trust_remote_code)
+    local_only = _local_only(source)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            source.location, gguf_file=source.gguf_file, local_files_only=local_only,
-            trust_remote_code=spec.trust_remote_code,
-        )
         model = AutoModelForCausalLM.from_pretrained(source.location, local_files_only=local_only, **kwargs)
     except OSError as e:
         if source.kind == "hub":
@@ -211,16 +208,25 @@ def freeze(model) -> int:
 
 def load_tokenizer(spec: ModelConfig):
     """The model's tokenizer only (no weights): the byte tokenizer for tiny models, else AutoTokenizer."""
-    from transformers import AutoTokenizer
-
     source = resolve_source(spec.name)
     if source.kind == "tiny":
         return byte_tokenizer()
-    local_only = source.kind != "hub" or _offline() or _in_hf_cache(source.location)
+    return _auto_tokenizer(source, spec.trust_remote_code)
+
+
+def _local_only(source: ModelSource) -> bool:
+    """Load from local files only: local dirs, offline mode, or a hub id already in the HF cache."""
+    return source.kind != "hub" or _offline() or _in_hf_cache(source.location)
+
+
+def _auto_tokenizer(source: ModelSource, trust_remote_code: bool):
+    """AutoTokenizer for a resolved (non-tiny) source, with one-line errors."""
+    from transformers import AutoTokenizer
+
     try:
         return AutoTokenizer.from_pretrained(
-            source.location, gguf_file=source.gguf_file, local_files_only=local_only,
-            trust_remote_code=spec.trust_remote_code,
+            source.location, gguf_file=source.gguf_file, local_files_only=_local_only(source),
+            trust_remote_code=trust_remote_code,
         )
     except OSError as e:
         if source.kind == "hub":
