@@ -1,8 +1,10 @@
 """Memory planner: from a model config, a dtype/quantisation and a memory limit, the slot budget that fits.
 
 All figures are estimates from the config (no weights are loaded); the OOM eval measures the real thing.
-Every term but the KV cache and the attention scores is fixed; those two grow linearly with the number of
-cache slots, so the largest budget that fits is solved for directly.
+Every term but the KV cache, the attention scores and the memory adapters' pending rows (one input row per
+cache slot and adapter, written into the memory when the slot is evicted) is fixed; those grow linearly with
+the number of cache slots, so the largest budget that fits is solved for directly. Persistent-memory tokens
+take cache slots of their own, beside sinks + ledger + window.
 """
 from __future__ import annotations
 
@@ -57,20 +59,28 @@ class Plan:
     segment_len: int
     context_window: int = 0  # the model's max_position_embeddings (0: unknown)
     limited_by: str = "memory"  # memory | context window
+    memory_per_slot: int = 0  # memory adapters' pending input rows, per cache slot
 
     def activations_at(self, slots: int) -> int:
         return self.activation_base + self.activation_per_slot * slots
+
+    def memories_at(self, slots: int) -> int:
+        return self.memories + self.memory_per_slot * slots
 
     def cache_at(self, slots: int) -> int:
         """KV bytes of a full cache plus the segment being fed."""
         return (slots + self.segment_len) * self.kv_per_token
 
     def total_at(self, slots: int) -> int:
-        return self.weights + self.activations_at(slots) + self.memories + self.overhead + self.cache_at(slots)
+        return self.weights + self.activations_at(slots) + self.memories_at(slots) + self.overhead + self.cache_at(slots)
 
     @property
     def activations(self) -> int:
         return self.activations_at(self.slots)
+
+    @property
+    def memory(self) -> int:
+        return self.memories_at(self.slots)
 
     @property
     def cache(self) -> int:
@@ -93,12 +103,15 @@ class Plan:
         in_context = self.context_window == 0 or slots + self.segment_len <= self.context_window
         return in_context and self.total_at(slots) <= self.limit
 
-    def split(self, sinks: int = 4, ledger_fraction: float = 0.25, span_len: int = 1) -> dict[str, int]:
-        """A sinks/ledger/window split of the slots; the ledger is a whole number of spans."""
-        if self.slots < 1:
+    def split(self, sinks: int = 4, ledger_fraction: float = 0.25, span_len: int = 1,
+              reserved: int = 0) -> dict[str, int]:
+        """A sinks/ledger/window split of the slots less `reserved` (persistent-memory slots); the ledger is
+        a whole number of spans."""
+        slots = self.slots - reserved
+        if slots < 1:
             return {"sinks": 0, "ledger": 0, "window": 0}
-        sinks = min(sinks, self.slots - 1)  # the window needs at least one slot
-        usable = self.slots - sinks
+        sinks = min(sinks, slots - 1)  # the window needs at least one slot
+        usable = slots - sinks
         span = max(1, span_len)
         ledger = int(usable * ledger_fraction) // span * span
         return {"sinks": sinks, "ledger": ledger, "window": usable - ledger}
@@ -149,7 +162,7 @@ def activation_bytes(config, segment_len: int, slots: int, dtype_bytes: int, qua
 
 
 def make_plan(config, n_params: int, n_embedding: int, dtype: str, quantization: str, limit: int,
-              segment_len: int, memories: int = 0, overhead: int | None = None) -> Plan:
+              segment_len: int, memories: int = 0, overhead: int | None = None, memory_per_slot: int = 0) -> Plan:
     """The largest cache budget that fits `limit` bytes. Raises SymphonyError when nothing useful fits."""
     if dtype not in DTYPE_BYTES:
         raise SymphonyError(f"cannot plan for dtype '{dtype}'; choose {', '.join(DTYPE_BYTES)}")
@@ -162,7 +175,7 @@ def make_plan(config, n_params: int, n_embedding: int, dtype: str, quantization:
     overhead = int(overhead if overhead is not None else min(0.08 * limit, DEFAULT_OVERHEAD_CAP))
     act_base, act_per_slot = activation_terms(config, segment_len, dtype_bytes, quantization)
     plan = Plan(limit, weights, act_base, act_per_slot, memories, overhead, per_token, 0, segment_len,
-                context_window(config))
+                context_window(config), memory_per_slot=memory_per_slot)
 
     smaller = ("use a smaller model or a larger GPU" if quantization == "4bit"
                else "use 4-bit quantization (--set model.quantization=4bit) or a smaller model")
@@ -172,12 +185,12 @@ def make_plan(config, n_params: int, n_embedding: int, dtype: str, quantization:
             f"{quantization if quantization != 'none' else dtype}) plus {format_size(overhead)} of CUDA context"
             f" and allocator overhead: {smaller}")
     free = limit - plan.total_at(0)
-    if free < per_token + act_per_slot:
+    if free < per_token + act_per_slot + memory_per_slot:
         raise SymphonyError(
             f"{format_size(limit)} holds the weights ({format_size(weights)}) but leaves no room for one segment"
             f" of {segment_len} tokens ({format_size(plan.total_at(0) - weights - overhead)}) and a cache:"
             f" lower --segment-len, or {smaller}")
-    slots = free // (per_token + act_per_slot)  # total_at is linear in slots
+    slots = free // (per_token + act_per_slot + memory_per_slot)  # total_at is linear in slots
     cap = plan.max_slots_in_context()
     if cap is not None and slots > cap:
         if cap < 1:
@@ -195,6 +208,38 @@ def embedding_params(config) -> int:
     return n if getattr(c, "tie_word_embeddings", False) else 2 * n
 
 
+def memory_terms(mem_cfg, config) -> tuple[int, int, str]:
+    """Bytes the memory adapters add: (fixed, per cache slot, what in words). Fixed = adapter, pointer and
+    persistent-memory parameters plus every adapter's recurrent state (constant in the stream length);
+    per slot = one float32 input row per adapter. The modules are built on the meta device: no memory."""
+    import torch
+
+    from symphony.config import parse_layer_spec
+    from symphony.memory.inject import PointerHeads, build_memory
+
+    c = _text(config)
+    if mem_cfg.kind == "none":
+        n_layers, params, state, dim = 0, 0, 0, c.hidden_size
+        what = ["memory.kind none"]
+    else:
+        with torch.device("meta"):
+            memory = build_memory(mem_cfg, c.hidden_size, c.num_attention_heads)
+        n_layers = len(parse_layer_spec(mem_cfg.layers, c.num_hidden_layers))
+        params = n_layers * (sum(p.numel() for p in memory.parameters()) + 1) * 4  # + the gate; float32
+        state, dim = n_layers * memory.state_nbytes(1), c.hidden_size
+        what = [f"{mem_cfg.kind} on {n_layers} layers: {format_size(params)} parameters +"
+                f" {format_size(state)} state + {dim * 4:,} B/slot pending rows"]
+    if mem_cfg.pointer:  # salience router + copy head, float32
+        with torch.device("meta"):
+            heads = PointerHeads(c.hidden_size, getattr(c, "embedding_size", None) or c.hidden_size)
+        params += sum(p.numel() for p in heads.parameters()) * 4
+        what.append("pointer heads")
+    if mem_cfg.persistent_tokens > 0:
+        params += mem_cfg.num_tasks * mem_cfg.persistent_tokens * c.hidden_size * 4
+        what.append(f"persistent memory ({mem_cfg.num_tasks} x {mem_cfg.persistent_tokens} tokens)")
+    return params + state, n_layers * dim * 4, "; ".join(what)
+
+
 # -- the `symphony plan` command's library side ---------------------------------------------------------
 
 @dataclass
@@ -206,8 +251,9 @@ class PlanReport:
     n_embedding: int
     dtype: str
     quantization: str
-    configured: dict[str, int]  # the config's sinks / ledger / window
+    configured: dict[str, int]  # the config's sinks / ledger / window / persistent-memory slots
     span_len: int
+    memory_note: str = "memory.kind none"  # what the memories row holds, in words
 
 
 def load_model_config(path: str | Path):
@@ -250,10 +296,13 @@ def plan_for(cfg, vram: str | int, model_config: str | Path | None = None, segme
     c = cfg.cache
     # the recall ledger: 4 bytes per token id + a start position and score per span
     memories += c.recall_tokens * 4 + (c.recall_tokens // max(1, c.span_len)) * 12
+    adapters, per_slot, note = memory_terms(cfg.memory, config)
     plan = make_plan(config, n_params, n_embedding, dtype, cfg.model.quantization, limit,
-                     segment_len or c.segment_len, memories=memories)
-    return PlanReport(plan, model, config, n_params, n_embedding, dtype, cfg.model.quantization,
-                      {"sinks": c.sinks, "ledger": c.ledger, "window": c.window}, c.span_len)
+                     segment_len or c.segment_len, memories=memories + adapters, memory_per_slot=per_slot)
+    configured = {"sinks": c.sinks, "ledger": c.ledger, "window": c.window,
+                  "persistent": cfg.memory.persistent_tokens}
+    return PlanReport(plan, model, config, n_params, n_embedding, dtype, cfg.model.quantization, configured,
+                      c.span_len, note)
 
 
 def _count(n: int) -> str:
@@ -278,7 +327,7 @@ def render_plan(r: PlanReport) -> list[str]:
         ("weights", p.weights, f"{r.n_params:,} params ({r.n_embedding:,} in embeddings/lm_head)"),
         ("activations / segment", p.activations, f"{p.segment_len} tokens per forward, scores over"
                                                  f" {p.slots + p.segment_len:,} keys"),
-        ("memories", p.memories, "recall ledger (token ids of archived spans); memory.kind none"),
+        ("memories", p.memory, f"recall ledger (token ids of archived spans); {r.memory_note}"),
         ("CUDA context/allocator", p.overhead, "context, kernels, fragmentation"),
         ("cache slots", p.cache, f"({p.slots:,} slots + {p.segment_len} segment) x {p.kv_per_token:,} B/token"),
         ("headroom", p.headroom, "unused" + (f" (cache capped by the {p.context_window:,}-token context window)"
@@ -289,16 +338,18 @@ def render_plan(r: PlanReport) -> list[str]:
     lines.append(f"  {'-' * 24}{'-' * 11}")
     lines.append(f"  {'total':<24}{format_size(p.total):>11}   of the {format_size(p.limit)} limit"
                  " (every row above but headroom)")
-    split = p.split(r.configured["sinks"], 0.25, r.span_len)
+    persistent = r.configured.get("persistent", 0)
+    split = p.split(r.configured["sinks"], 0.25, r.span_len, reserved=persistent)
+    extra = f" + {persistent} persistent" if persistent else ""
     lines += [
         "",
-        f"suggested split: {split['sinks']} sinks + {split['ledger']} ledger + {split['window']} window"
+        f"suggested split: {split['sinks']} sinks + {split['ledger']} ledger + {split['window']} window{extra}"
         f" = {p.slots:,} slots",
         f"  --set cache.sinks={split['sinks']} --set cache.ledger={split['ledger']} --set cache.window={split['window']}",
     ]
     want = sum(r.configured.values())
     cfg_line = (f"configured budget: {r.configured['sinks']} + {r.configured['ledger']} + {r.configured['window']}"
-                f" = {want:,} slots")
+                f"{extra} = {want:,} slots")
     if p.fits(want):
         lines.append(f"{cfg_line}: fits ({format_size(p.total_at(want))} of {format_size(p.limit)})")
     elif p.context_window and want + p.segment_len > p.context_window:

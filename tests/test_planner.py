@@ -158,7 +158,7 @@ def test_cli_plan_with_model_config(qwen_dir):
     res = invoke("plan", "--config", "qwen2.5-7b-8gb", "--vram", "8GB", "--model-config", qwen_dir)
     assert res.exit_code == 0, res.output
     out = res.stdout
-    for row in ("weights", "activations / segment", "memories", "memory.kind none", "CUDA context/allocator",
+    for row in ("weights", "activations / segment", "memories", "fhrr on 2 layers", "CUDA context/allocator",
                 "cache slots", "57,344 B/token", "headroom", "total", "of the 8 GB limit"):
         assert row in out, row
     assert "7.62B parameters" in out
@@ -171,9 +171,9 @@ def test_cli_plan_with_model_config(qwen_dir):
 
 def test_cli_plan_config_json_file_and_segment_len(qwen_dir):
     res = invoke("plan", "-c", "qwen2.5-7b-8gb", "--vram", "8GB", "--model-config", qwen_dir / "config.json",
-                 "--segment-len", 1024)
+                 "--segment-len", 128)
     assert res.exit_code == 0, res.output
-    assert "1024 tokens per forward" in res.stdout and "+ 1024 segment)" in res.stdout
+    assert "128 tokens per forward" in res.stdout and "+ 128 segment)" in res.stdout
 
 
 def test_cli_plan_tiny_preset_is_capped_by_its_context_window():
@@ -220,7 +220,7 @@ def test_cli_plan_offline_hub_model_points_to_model_config(monkeypatch):
 def test_plan_for_library_call(qwen_dir):
     report = plan_for(load_config("qwen2.5-7b-8gb"), "8GB", model_config=qwen_dir)
     assert report.n_params == 7_615_616_512 and report.quantization == "4bit" and report.dtype == "bfloat16"
-    assert report.configured == {"sinks": 4, "ledger": 1024, "window": 3072}
+    assert report.configured == {"sinks": 4, "ledger": 1024, "window": 3072, "persistent": 0}
     text = "\n".join(render_plan(report))
     assert f"{report.plan.slots:,} slots" in text
 
@@ -231,3 +231,26 @@ def test_plan_command_has_help():
     for opt in ("--config", "--set", "--vram", "--model-config", "--segment-len"):
         assert opt in res.stdout
     assert "plan" in invoke("--help").stdout
+
+
+def test_plan_counts_memory_adapters_and_persistent_slots():
+    """Adapters add their parameters + recurrent state (fixed) and one float32 input row per slot and layer;
+    persistent-memory tokens are part of the configured budget and reserved out of the suggested split."""
+    from symphony.memory.inject import build_memory
+
+    base = plan_for(load_config("tiny"), "1GB")
+    cfg = load_config("tiny", ["memory.kind=titans", "memory.layers=last:2", "memory.persistent_tokens=8",
+                               "memory.num_tasks=2"])
+    report = plan_for(cfg, "1GB")
+    mem = build_memory(cfg.memory, 64, 4)
+    dim = report.config.hidden_size
+    fixed = 2 * ((sum(p.numel() for p in mem.parameters()) + 1) * 4 + mem.state_nbytes(1)) + 2 * 8 * dim * 4
+    assert report.plan.memories - base.plan.memories == fixed
+    assert report.plan.memory_per_slot == 2 * dim * 4 and base.plan.memory_per_slot == 0
+    assert report.plan.memory == report.plan.memories + report.plan.slots * 2 * dim * 4
+    assert report.configured["persistent"] == 8
+    text = "\n".join(render_plan(report))
+    assert "titans on 2 layers" in text and "persistent memory (2 x 8 tokens)" in text
+    assert "4 + 64 + 128 + 8 persistent = 204 slots: fits" in text
+    split = report.plan.split(4, 0.25, 16, reserved=8)
+    assert sum(split.values()) == report.plan.slots - 8
