@@ -62,6 +62,56 @@ def integrity(d):
           f"{pct(s['symphony_long_ok'])} | {pct(s['same_output'])} |")
 
 
+def trained_label(method: str, checkpoint: str | None) -> str:
+    """The row a trained-memories result belongs to: the baselines by method, trained runs by run directory."""
+    if not checkpoint:
+        return "sinks (StreamingLLM)" if method == "sinks" else ("full attention" if method == "full"
+                                                               else "symphony, untrained")
+    run = Path(checkpoint).parent.name if Path(checkpoint).name == "final" else Path(checkpoint).name
+    return f"symphony + trained {run.removeprefix('smollm2-cpu-')}"
+
+
+def trained(root: Path) -> None:
+    """One table over every eval under root/train (results/train/<name>/*.json or docs/results/train/*.json):
+    needle (plain and with distractors) by length, perplexity by tokens, rows by method/checkpoint, columns
+    split by cache budget."""
+    files = sorted(root.glob("train/*/needle.json")) + sorted(root.glob("train/*/ppl.json")) + sorted(
+        root.glob("train/*.json"))
+    cells: dict[tuple[str, str], list] = {}
+    for f in files:
+        d = load(f)
+        st = d["settings"]
+        budget = sum(st["cache"][k] for k in ("sinks", "ledger", "window"))
+        for r in d["rows"]:
+            label = trained_label(r["method"], st.get("checkpoint") if r["method"] == "symphony" else None)
+            if d["suite"] == "needle":
+                if r.get("correct") is None:
+                    continue
+                mk = f" + {st['distractors']} distr." if st.get("distractors") else ""
+                col = f"needle{mk}, {r['context_len'] // 1024}k"
+                cells.setdefault((label, col), []).append(bool(r["correct"]))
+            elif r.get("ppl") is not None:
+                col = f"ppl {r['tokens'] // 1024}k" + ("" if budget == 512 or r["method"] == "full" else f" ({budget} slots)")
+                cells[(label, col)] = [r["ppl"]]
+    order = lambda c: (c.startswith("ppl"), "distr" in c, c.split(", ")[-1].rjust(4), c)  # noqa: E731
+    cols = sorted({c for _, c in cells}, key=order)
+    rows = sorted({lab for lab, _ in cells}, key=lambda s: (not s.startswith("full"), not s.startswith("sinks"),
+                                                            s.startswith("symphony +"), s))
+    print("| method | " + " | ".join(cols) + " |")
+    print("|---|" + "---:|" * len(cols))
+    for lab in rows:
+        out = []
+        for c in cols:
+            v = cells.get((lab, c))
+            if v is None:
+                out.append("")
+            elif c.startswith("ppl"):
+                out.append(f"{v[0]:.3f}" if v[0] < 1e4 else f"{v[0]:.1e}")
+            else:
+                out.append(f"{sum(v)}/{len(v)}")
+        print(f"| {lab} | " + " | ".join(out) + " |")
+
+
 def main():
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "results")
     for title, path, fn in [("oom", "oom/oom.json", oom), ("needle", "needle/needle.json", needle),
@@ -73,6 +123,9 @@ def main():
             continue
         print(f"\n### {title}\n")
         fn(d)
+    if list(root.glob("train/*")):
+        print("\n### trained memories (smollm2-135m-cpu)\n")
+        trained(root)
 
 
 if __name__ == "__main__":

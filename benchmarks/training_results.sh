@@ -1,32 +1,49 @@
 #!/usr/bin/env bash
 # Reproduces the README's "Trained memories" figures: the smollm2-135m-cpu pipeline, then needle and
 # perplexity for sinks, untrained Symphony and trained Symphony on the same inputs and the same 512-slot
-# cache. Every eval resumes (--resume), so the script can be re-run after an interruption.
+# cache (4 sinks + 124 ledger + 384 window). Every eval resumes (--resume), so the script can be re-run
+# after an interruption; each step is skipped by `STEPS` (default: all of train,base,trained,big).
+#   KIND=fhrr|titans   which memory to train and evaluate (default fhrr)
+#   RUN=DIR            the run directory (default runs/smollm2-cpu-$KIND)
+# On 2 CPU cores: the pipeline takes 30-40 min, a needle trial ~1 (8k) / ~3 (32k) / ~6 (64k) min,
+# perplexity over 32k tokens ~7 min per method. Run the baselines once; run the rest once per KIND.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=.venv/bin/symphony
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 C=smollm2-135m-cpu
-LENGTHS=${LENGTHS:-8k}
 KIND=${KIND:-fhrr}
-RUN=runs/smollm2-cpu-$KIND
+RUN=${RUN:-runs/smollm2-cpu-$KIND}
+STEPS=${STEPS:-train,base,trained,big}
+O=results/train
+want() { [[ ",$STEPS," == *",$1,"* ]]; }
+NEEDLE="eval needle -c $C --depths 10,50,90 --resume"
 
-$S pipeline -c $C -r $RUN --set memory.kind=$KIND
-# baselines (no checkpoint: symphony = the untrained engine, bare base model inside)
-$S eval needle -c $C --lengths $LENGTHS --depths 10,50,90 --methods sinks,symphony --out results/train/needle_base --resume
-$S eval needle -c $C --lengths $LENGTHS --depths 10,50,90 --methods sinks,symphony --distractors 3 \
-    --out results/train/needle_base_mk3 --resume
-$S eval ppl -c $C --max-tokens 8192 --methods sinks,symphony --out results/train/ppl_base --resume
-# trained adapters (RUN/final)
-$S eval needle -c $C --lengths $LENGTHS --depths 10,50,90 --methods symphony --checkpoint $RUN \
-    --out results/train/needle_$KIND --resume
-$S eval needle -c $C --lengths $LENGTHS --depths 10,50,90 --methods symphony --distractors 3 --checkpoint $RUN \
-    --out results/train/needle_${KIND}_mk3 --resume
-$S eval ppl -c $C --max-tokens 8192 --methods symphony --checkpoint $RUN --out results/train/ppl_$KIND --resume
-# 32k with 3 distractors
-$S eval needle -c $C --lengths 32k --depths 10,50,90 --methods sinks --distractors 3 \
-    --out results/train/needle_sinks_mk3_32k --resume
-$S eval needle -c $C --lengths 32k --depths 10,50,90 --methods symphony --distractors 3 \
-    --out results/train/needle_base_mk3_32k --resume
-$S eval needle -c $C --lengths 32k --depths 10,50,90 --methods symphony --distractors 3 --checkpoint $RUN \
-    --out results/train/needle_${KIND}_mk3_32k --resume
+if want train; then
+  $S pipeline -c $C -r "$RUN" --set memory.kind="$KIND"
+fi
+if want base; then  # baselines: sinks and the untrained engine (no checkpoint: the bare base model inside)
+  $S $NEEDLE --lengths 8k --methods sinks,symphony --out $O/needle_base
+  $S $NEEDLE --lengths 8k --methods sinks,symphony --distractors 3 --out $O/needle_base_mk3
+  $S $NEEDLE --lengths 32k,64k --methods sinks,symphony --out $O/needle_base_long
+  $S $NEEDLE --lengths 32k --methods sinks --distractors 3 --out $O/needle_sinks_mk3_32k
+  $S $NEEDLE --lengths 32k --methods symphony --distractors 3 --out $O/needle_base_mk3_32k
+  $S $NEEDLE --lengths 64k --methods sinks,symphony --distractors 3 --out $O/needle_base_mk3_64k
+  $S eval ppl -c $C --max-tokens 8192 --methods sinks,symphony --out $O/ppl_base --resume
+  $S eval ppl -c $C --max-tokens 32768 --methods sinks,symphony --out $O/ppl32k_base --resume
+  $S eval ppl -c $C --max-tokens 8192 --methods full --out $O/ppl_full8k --resume  # the target's reference
+fi
+if want trained; then  # the trained adapters (RUN/final), same needles, same tokens
+  T=${KIND}${TAG:-}
+  $S $NEEDLE --lengths 8k --methods symphony --checkpoint "$RUN" --out $O/needle_$T
+  $S $NEEDLE --lengths 32k,64k --methods symphony --distractors 3 --checkpoint "$RUN" --out $O/needle_${T}_mk3_long
+  $S $NEEDLE --lengths 8k --methods symphony --distractors 3 --checkpoint "$RUN" --out $O/needle_${T}_mk3
+  $S eval ppl -c $C --max-tokens 8192 --methods symphony --checkpoint "$RUN" --out $O/ppl_$T --resume
+  $S eval ppl -c $C --max-tokens 32768 --methods symphony --checkpoint "$RUN" --out $O/ppl32k_$T --resume
+  $S $NEEDLE --lengths 32k,64k --methods symphony --checkpoint "$RUN" --out $O/needle_${T}_long
+fi
+if want big; then  # the perplexity target with a 2,052-slot cache (the smollm2-135m preset's budget)
+  BIG="--set cache.ledger=512 --set cache.window=1536"
+  $S eval ppl -c $C $BIG --max-tokens 32768 --methods sinks,symphony --out $O/ppl32k_base_2052 --resume
+  $S eval ppl -c $C $BIG --max-tokens 32768 --methods symphony --checkpoint "$RUN" --out $O/ppl32k_${KIND}${TAG:-}_2052 --resume
+fi
