@@ -15,8 +15,8 @@ from symphony.engine import StreamingEngine
 from symphony.errors import SymphonyError
 from symphony.memory.adapter import MemoryAdapter
 from symphony.memory.inject import (
-    ADAPTERS_FILE, adapter_parameters, adapter_state_dict, inject, load_adapters, memory_adapters, memory_states,
-    pointer_heads, remove_adapters, reset_memory_states, save_adapters, set_memory_states,
+    ADAPTERS_FILE, adapter_parameters, adapter_state_dict, inject, load_adapters, load_checkpoint, memory_adapters,
+    memory_states, pointer_heads, remove_adapters, reset_memory_states, save_adapters, set_memory_states,
 )
 from symphony.memory.titans import TitansState
 from symphony.models.tiny import tiny_model
@@ -314,3 +314,18 @@ def test_adapter_is_a_registered_child_of_the_mlp():
     mlp = model.model.layers[1].mlp
     assert mlp.memory_adapter is adapter and isinstance(adapter, MemoryAdapter)
     assert type(mlp).__name__ == "LlamaMLP"  # the original module stays in place
+
+
+@pytest.mark.parametrize("recorded,expected", [(None, False), (True, True), (False, False)])
+def test_titans_checkpoint_without_read_norm_key_loads_as_built(tmp_path, recorded, expected):
+    """A Titans checkpoint from before `memory.titans_read_norm` existed was built without it: loading must not
+    switch it on (same weights, different outputs); one that records the key gets what it records."""
+    model = fresh_model()
+    inject(model, mem_cfg("titans"), seed=0)
+    mem = {"kind": "titans", "holo_dim": 32, "chunk_size": 16, "titans_hidden": 16}
+    if recorded is not None:
+        mem["titans_read_norm"] = recorded
+    save_adapters(model, tmp_path / "ck", {"config": {"memory": mem}})
+    other = fresh_model()
+    load_checkpoint(other, tmp_path / "ck")
+    assert [a.memory.cfg.read_norm for a in memory_adapters(other)] == [expected] * len(memory_adapters(other))

@@ -31,6 +31,8 @@ from symphony.memory.titans import TitansConfig, TitansMemory
 
 ADAPTERS_FILE = "adapters.safetensors"
 MANIFEST_FILE = "manifest.json"
+# memory keys added after checkpoints were made: a manifest without one was built as this says
+BUILT_BEFORE_KEY_EXISTED = {"titans_read_norm": False}
 POINTER_ATTR = "symphony_pointer"
 
 
@@ -359,6 +361,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, model_name: str | None =
         raise SymphonyError(f"checkpoint {d} was trained on model '{made_for}', not '{model_name}'; "
                             f"use a config with model.name={made_for}")
     names = {f.name for f in fields(MemoryConfig)}
+    mem = {**BUILT_BEFORE_KEY_EXISTED, **mem}
     mem_cfg = MemoryConfig(**{k: v for k, v in mem.items() if k in names and k != "checkpoint"})
     inject(model, mem_cfg, seed=int(config.get("seed", 0)))
     try:
