@@ -62,13 +62,13 @@ def integrity(d):
           f"{pct(s['symphony_long_ok'])} | {pct(s['same_output'])} |")
 
 
-def trained_label(method: str, checkpoint: str | None) -> str:
+def trained_label(method: str, checkpoint: str | None, copy_head: bool = True) -> str:
     """The row a trained-memories result belongs to: the baselines by method, trained runs by run directory."""
     if not checkpoint:
         return "sinks (StreamingLLM)" if method == "sinks" else ("full attention" if method == "full"
                                                                else "symphony, untrained")
     run = Path(checkpoint).parent.name if Path(checkpoint).name == "final" else Path(checkpoint).name
-    return f"symphony + trained {run.removeprefix('smollm2-cpu-')}"
+    return f"symphony + trained {run.removeprefix('smollm2-cpu-')}" + ("" if copy_head else ", copy head off")
 
 
 def trained(root: Path) -> None:
@@ -83,7 +83,8 @@ def trained(root: Path) -> None:
         st = d["settings"]
         budget = sum(st["cache"][k] for k in ("sinks", "ledger", "window"))
         for r in d["rows"]:
-            label = trained_label(r["method"], st.get("checkpoint") if r["method"] == "symphony" else None)
+            label = trained_label(r["method"], st.get("checkpoint") if r["method"] == "symphony" else None,
+                                  st.get("copy_head", True))
             if d["suite"] == "needle":
                 if r.get("correct") is None:
                     continue

@@ -295,7 +295,7 @@ class StreamingEngine:
 
     def _copy_active(self) -> bool:
         """The copy head joins decoding once trained (gate scale > 0); at exactly 0 it is skipped (a no-op)."""
-        return self._pointer is not None and float(self._pointer.copy_head.gate_scale) > 0
+        return self._pointer is not None and float(self._pointer.copy_head.gate_scale.detach()) > 0
 
     def copy_logprobs(self, cache: BoundedCache, hidden: torch.Tensor, logits: torch.Tensor,
                       positions: torch.Tensor, with_copy: bool = False):
@@ -524,4 +524,8 @@ def engine_from_config(cfg, policy: str | None = None, progress: bool = True) ->
         from symphony.memory.inject import load_checkpoint
 
         load_checkpoint(loaded.model, cfg.memory.checkpoint, model_name=cfg.model.name)
+    heads = pointer_heads(loaded.model)
+    if not cfg.memory.copy_head and heads is not None:
+        with torch.no_grad():  # the ablation: a closed copy gate is skipped, decoding is the LM's alone
+            heads.copy_head.gate_scale.zero_()
     return StreamingEngine(loaded.model, loaded.tokenizer, cfg.cache, cfg.salience, policy=policy, progress=progress)

@@ -165,13 +165,19 @@ def test_copy_head_joins_decoding():
 
 
 def test_checkpoint_loads_through_the_config(tmp_path):
-    cfg, model = injected("titans", 0.5)
+    cfg, model = injected("titans", 0.5, "memory.pointer=true")
+    with torch.no_grad():
+        pointer_heads(model).copy_head.gate_scale.fill_(0.1)
     save_adapters(model, tmp_path / "run" / "final", {"config": cfg.to_dict()})
     assert find_checkpoint(tmp_path / "run") == tmp_path / "run" / "final"
     loaded = load_config("tiny", [f"memory.checkpoint={tmp_path / 'run'}"])
     eng = engine_from_config(loaded, progress=False)
     adapters = memory_adapters(eng.model)
     assert [a.kind for a in adapters] == ["titans"] * 2 and all(a.gate.item() == 0.5 for a in adapters)
+    off = engine_from_config(load_config("tiny", [f"memory.checkpoint={tmp_path / 'run'}", "memory.copy_head=false"]),
+                             progress=False)
+    assert eng._copy_active() and not off._copy_active()  # the copy-head ablation closes only the copy gate
+    assert [a.gate.item() for a in memory_adapters(off.model)] == [0.5, 0.5]
     wrong = load_config("tiny", ["model.name=tiny-qwen2", f"memory.checkpoint={tmp_path / 'run'}"])
     with pytest.raises(SymphonyError, match="trained on model 'tiny-llama'"):
         engine_from_config(wrong, progress=False)

@@ -196,6 +196,7 @@ def run_needle(cfg, methods: list[str], out: Path, resume: bool = False, memory_
         "distractors": distractors, "haystack": haystack or "builtin", "haystack_chars": len(corpus),
         "max_new_tokens": max_new_tokens, "salience": dict(vars(cfg.salience)),
         **({"checkpoint": cfg.memory.checkpoint} if cfg.memory.checkpoint else {}),  # trained adapters used
+        **({} if cfg.memory.copy_head else {"copy_head": False}),  # ablation: trained copy head not mixed in
         # the method is per row, so the configured default policy does not matter
         "cache": {k: v for k, v in vars(cfg.cache).items() if k != "policy"},
     }

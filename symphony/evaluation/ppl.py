@@ -156,6 +156,7 @@ def run_ppl(cfg, methods: list[str], out: Path, resume: bool = False, memory_lim
         "split": split if dataset else None, "tokens": n, "tokens_sha1": tokens_fingerprint(ids), "bucket": bucket,
         "full_window": window, "stride": stride, "salience": dict(vars(cfg.salience)),
         **({"checkpoint": cfg.memory.checkpoint} if cfg.memory.checkpoint else {}),  # trained adapters used
+        **({} if cfg.memory.copy_head else {"copy_head": False}),  # ablation: trained copy head not mixed in
         "cache": {k: v for k, v in vars(cfg.cache).items() if k != "policy"},
     }
     _settings_guard(path, settings)
