@@ -2,9 +2,10 @@
 # Reproduces the README's "Trained memories" figures: the smollm2-135m-cpu pipeline, then needle and
 # perplexity for sinks, untrained Symphony and trained Symphony on the same inputs and the same 512-slot
 # cache (4 sinks + 124 ledger + 384 window). Every eval resumes (--resume), so the script can be re-run
-# after an interruption; each step is skipped by `STEPS` (default: all of train,base,trained,big).
+# after an interruption; each step is skipped by `STEPS` (default: all of train,base,trained,big,nocopy).
 #   KIND=fhrr|titans   which memory to train and evaluate (default fhrr)
 #   RUN=DIR            the run directory (default runs/smollm2-cpu-$KIND)
+#   TAG=_v2            suffix of the result directories (the README's rows: fhrr_v2, titans_v2)
 # On 2 CPU cores: the pipeline takes 30-40 min, a needle trial ~1 (8k) / ~3 (32k) / ~6 (64k) min,
 # perplexity over 32k tokens ~7 min per method. Run the baselines once; run the rest once per KIND.
 set -euo pipefail
@@ -14,7 +15,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 C=smollm2-135m-cpu
 KIND=${KIND:-fhrr}
 RUN=${RUN:-runs/smollm2-cpu-$KIND}
-STEPS=${STEPS:-train,base,trained,big}
+STEPS=${STEPS:-train,base,trained,big,nocopy}
 O=results/train
 want() { [[ ",$STEPS," == *",$1,"* ]]; }
 NEEDLE="eval needle -c $C --depths 10,50,90 --resume"
@@ -46,4 +47,14 @@ if want big; then  # the perplexity target with a 2,052-slot cache (the smollm2-
   BIG="--set cache.ledger=512 --set cache.window=1536"
   $S eval ppl -c $C $BIG --max-tokens 32768 --methods sinks,symphony --out $O/ppl32k_base_2052 --resume
   $S eval ppl -c $C $BIG --max-tokens 32768 --methods symphony --checkpoint "$RUN" --out $O/ppl32k_${KIND}${TAG:-}_2052 --resume
+fi
+if want nocopy; then  # ablation: the same checkpoint without the copy head's mix
+  T=${KIND}${TAG:-}_nocopy
+  OFF="--checkpoint $RUN --set memory.copy_head=false"
+  $S $NEEDLE --lengths 8k --methods symphony --distractors 3 $OFF --out $O/needle_${T}_mk3
+  $S eval ppl -c $C --max-tokens 8192 --methods symphony $OFF --out $O/ppl_$T --resume
+  $S $NEEDLE --lengths 32k --methods symphony --distractors 3 $OFF --out $O/needle_${T}_mk3_32k
+  $S eval ppl -c $C --max-tokens 32768 --methods symphony $OFF --out $O/ppl32k_$T --resume
+  $S eval ppl -c $C --set cache.ledger=512 --set cache.window=1536 --max-tokens 32768 --methods symphony $OFF \
+      --out $O/ppl32k_${T}_2052 --resume
 fi
