@@ -26,7 +26,8 @@ fi
 if want base; then  # baselines: sinks and the untrained engine (no checkpoint: the bare base model inside)
   $S $NEEDLE --lengths 8k --methods sinks,symphony --out $O/needle_base
   $S $NEEDLE --lengths 8k --methods sinks,symphony --distractors 3 --out $O/needle_base_mk3
-  $S $NEEDLE --lengths 32k,64k --methods sinks,symphony --out $O/needle_base_long
+  $S $NEEDLE --lengths 32k --methods sinks,symphony --out $O/needle_base_long
+  $S $NEEDLE --lengths 64k --methods sinks,symphony --out $O/needle_base_64k
   $S $NEEDLE --lengths 32k --methods sinks --distractors 3 --out $O/needle_sinks_mk3_32k
   $S $NEEDLE --lengths 32k --methods symphony --distractors 3 --out $O/needle_base_mk3_32k
   $S $NEEDLE --lengths 64k --methods sinks,symphony --distractors 3 --out $O/needle_base_mk3_64k
@@ -41,7 +42,9 @@ if want trained; then  # the trained adapters (RUN/final), same needles, same to
   $S $NEEDLE --lengths 8k --methods symphony --distractors 3 --checkpoint "$RUN" --out $O/needle_${T}_mk3
   $S eval ppl -c $C --max-tokens 8192 --methods symphony --checkpoint "$RUN" --out $O/ppl_$T --resume
   $S eval ppl -c $C --max-tokens 32768 --methods symphony --checkpoint "$RUN" --out $O/ppl32k_$T --resume
-  $S $NEEDLE --lengths 32k,64k --methods symphony --checkpoint "$RUN" --out $O/needle_${T}_long
+  # (the FHRR v2 run did 32k and 64k as one command, --lengths 32k,64k, into needle_fhrr_v2_long)
+  $S $NEEDLE --lengths 32k --methods symphony --checkpoint "$RUN" --out $O/needle_${T}_long
+  $S $NEEDLE --lengths 64k --methods symphony --checkpoint "$RUN" --out $O/needle_${T}_64k
 fi
 if want big; then  # the perplexity target with a 2,052-slot cache (the smollm2-135m preset's budget)
   BIG="--set cache.ledger=512 --set cache.window=1536"
