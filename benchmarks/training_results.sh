@@ -3,7 +3,7 @@
 # perplexity for sinks, untrained Symphony and trained Symphony on the same inputs and the same 512-slot
 # cache (4 sinks + 124 ledger + 384 window). Every eval resumes (--resume), so the script can be re-run
 # after an interruption; each step is skipped by `STEPS` (default: all of train,base,trained,big,nocopy).
-#   KIND=fhrr|titans   which memory to train and evaluate (default fhrr)
+#   KIND=titans|fhrr   which memory to train and evaluate (default titans)
 #   RUN=DIR            the run directory (default runs/smollm2-cpu-$KIND)
 #   TAG=_v2            suffix of the result directories (the README's rows: fhrr_v2, titans_v2)
 # On 2 CPU cores: the pipeline takes 30-40 min, a needle trial ~1 (8k) / ~3 (32k) / ~6 (64k) min,
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 S=.venv/bin/symphony
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 C=smollm2-135m-cpu
-KIND=${KIND:-fhrr}
+KIND=${KIND:-titans}
 RUN=${RUN:-runs/smollm2-cpu-$KIND}
 STEPS=${STEPS:-train,base,trained,big,nocopy}
 O=results/train
