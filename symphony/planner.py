@@ -79,7 +79,7 @@ class Plan:
         return self.activations_at(self.slots)
 
     @property
-    def memory(self) -> int:
+    def memories_total(self) -> int:
         return self.memories_at(self.slots)
 
     @property
@@ -327,7 +327,7 @@ def render_plan(r: PlanReport) -> list[str]:
         ("weights", p.weights, f"{r.n_params:,} params ({r.n_embedding:,} in embeddings/lm_head)"),
         ("activations / segment", p.activations, f"{p.segment_len} tokens per forward, scores over"
                                                  f" {p.slots + p.segment_len:,} keys"),
-        ("memories", p.memory, f"recall ledger (token ids of archived spans); {r.memory_note}"),
+        ("memories", p.memories_total, f"recall ledger (token ids of archived spans); {r.memory_note}"),
         ("CUDA context/allocator", p.overhead, "context, kernels, fragmentation"),
         ("cache slots", p.cache, f"({p.slots:,} slots + {p.segment_len} segment) x {p.kv_per_token:,} B/token"),
         ("headroom", p.headroom, "unused" + (f" (cache capped by the {p.context_window:,}-token context window)"

@@ -247,7 +247,7 @@ def test_plan_counts_memory_adapters_and_persistent_slots():
     fixed = 2 * ((sum(p.numel() for p in mem.parameters()) + 1) * 4 + mem.state_nbytes(1)) + 2 * 8 * dim * 4
     assert report.plan.memories - base.plan.memories == fixed
     assert report.plan.memory_per_slot == 2 * dim * 4 and base.plan.memory_per_slot == 0
-    assert report.plan.memory == report.plan.memories + report.plan.slots * 2 * dim * 4
+    assert report.plan.memories_total == report.plan.memories + report.plan.slots * 2 * dim * 4
     assert report.configured["persistent"] == 8
     text = "\n".join(render_plan(report))
     assert "titans on 2 layers" in text and "persistent memory (2 x 8 tokens)" in text
