@@ -182,8 +182,8 @@ def load_model(spec: ModelConfig, seed: int = 0) -> LoadedModel:
             else BitsAndBytesConfig(load_in_8bit=True)
         )
         kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
-    tokenizer = _auto_tokenizer(source, spec.trust_remote_code)
     local_only = _local_only(source)
+    tokenizer = _auto_tokenizer(source, spec.trust_remote_code, local_only)
     try:
         model = AutoModelForCausalLM.from_pretrained(source.location, local_files_only=local_only, **kwargs)
     except OSError as e:
@@ -211,7 +211,7 @@ def load_tokenizer(spec: ModelConfig):
     source = resolve_source(spec.name)
     if source.kind == "tiny":
         return byte_tokenizer()
-    return _auto_tokenizer(source, spec.trust_remote_code)
+    return _auto_tokenizer(source, spec.trust_remote_code, _local_only(source))
 
 
 def _local_only(source: ModelSource) -> bool:
@@ -219,13 +219,13 @@ def _local_only(source: ModelSource) -> bool:
     return source.kind != "hub" or _offline() or _in_hf_cache(source.location)
 
 
-def _auto_tokenizer(source: ModelSource, trust_remote_code: bool):
+def _auto_tokenizer(source: ModelSource, trust_remote_code: bool, local_only: bool):
     """AutoTokenizer for a resolved (non-tiny) source, with one-line errors."""
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(
-            source.location, gguf_file=source.gguf_file, local_files_only=_local_only(source),
+            source.location, gguf_file=source.gguf_file, local_files_only=local_only,
             trust_remote_code=trust_remote_code,
         )
     except OSError as e:
