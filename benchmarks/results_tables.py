@@ -77,12 +77,17 @@ def trained(root: Path) -> None:
     split by cache budget."""
     files = sorted(root.glob("train/*/needle.json")) + sorted(root.glob("train/*/ppl.json")) + sorted(
         root.glob("train/*.json"))
+    # needle runs made before the recall ledger's coverage search (train/recall_v1/): only their sinks rows
+    # count, as sinks has no recall ledger; their symphony rows are superseded
+    before_recall_fix = sorted(root.glob("train/recall_v1/*.json"))
     cells: dict[tuple[str, str], list] = {}
-    for f in files:
+    for f in files + before_recall_fix:
         d = load(f)
         st = d["settings"]
         budget = sum(st["cache"][k] for k in ("sinks", "ledger", "window"))
         for r in d["rows"]:
+            if f in before_recall_fix and r["method"] != "sinks":
+                continue
             label = trained_label(r["method"], st.get("checkpoint") if r["method"] == "symphony" else None,
                                   st.get("copy_head", True))
             if d["suite"] == "needle":

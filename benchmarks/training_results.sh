@@ -24,27 +24,22 @@ if want train; then
   $S pipeline -c $C -r "$RUN" --set memory.kind="$KIND"
 fi
 if want base; then  # baselines: sinks and the untrained engine (no checkpoint: the bare base model inside)
-  $S $NEEDLE --lengths 8k --methods sinks,symphony --out $O/needle_base
-  $S $NEEDLE --lengths 8k --methods sinks,symphony --distractors 3 --out $O/needle_base_mk3
-  $S $NEEDLE --lengths 32k --methods sinks,symphony --out $O/needle_base_long
-  $S $NEEDLE --lengths 64k --methods sinks,symphony --out $O/needle_base_64k
-  $S $NEEDLE --lengths 32k --methods sinks --distractors 3 --out $O/needle_sinks_mk3_32k
-  $S $NEEDLE --lengths 32k --methods symphony --distractors 3 --out $O/needle_base_mk3_32k
-  $S $NEEDLE --lengths 64k --methods sinks,symphony --distractors 3 --out $O/needle_base_mk3_64k
+  # (the README's sinks rows are the earlier runs in docs/results/train/recall_v1/: sinks has no recall
+  # ledger, so the recall change of issue 6 does not touch them; this reruns them)
+  $S $NEEDLE --lengths 8k,32k,64k --methods sinks --out $O/needle_sinks
+  $S $NEEDLE --lengths 8k,32k,64k --methods sinks --distractors 3 --out $O/needle_sinks_mk3
+  $S $NEEDLE --lengths 8k,32k,64k --methods symphony --distractors 3 --out $O/needle_base_mk3
+  $S $NEEDLE --lengths 8k,32k,64k --methods symphony --out $O/needle_base
   $S eval ppl -c $C --max-tokens 8192 --methods sinks,symphony --out $O/ppl_base --resume
   $S eval ppl -c $C --max-tokens 32768 --methods sinks,symphony --out $O/ppl32k_base --resume
   $S eval ppl -c $C --max-tokens 8192 --methods full --out $O/ppl_full8k --resume  # the target's reference
 fi
 if want trained; then  # the trained adapters (RUN/final), same needles, same tokens
   T=${KIND}${TAG:-}
-  $S $NEEDLE --lengths 8k --methods symphony --checkpoint "$RUN" --out $O/needle_$T
-  $S $NEEDLE --lengths 32k,64k --methods symphony --distractors 3 --checkpoint "$RUN" --out $O/needle_${T}_mk3_long
-  $S $NEEDLE --lengths 8k --methods symphony --distractors 3 --checkpoint "$RUN" --out $O/needle_${T}_mk3
+  $S $NEEDLE --lengths 8k,32k,64k --methods symphony --distractors 3 --checkpoint "$RUN" --out $O/needle_${T}_mk3
+  $S $NEEDLE --lengths 8k,32k,64k --methods symphony --checkpoint "$RUN" --out $O/needle_$T
   $S eval ppl -c $C --max-tokens 8192 --methods symphony --checkpoint "$RUN" --out $O/ppl_$T --resume
   $S eval ppl -c $C --max-tokens 32768 --methods symphony --checkpoint "$RUN" --out $O/ppl32k_$T --resume
-  # (the FHRR v2 run did 32k and 64k as one command, --lengths 32k,64k, into needle_fhrr_v2_long)
-  $S $NEEDLE --lengths 32k --methods symphony --checkpoint "$RUN" --out $O/needle_${T}_long
-  $S $NEEDLE --lengths 64k --methods symphony --checkpoint "$RUN" --out $O/needle_${T}_64k
 fi
 if want big; then  # the perplexity target with a 2,052-slot cache (the smollm2-135m preset's budget)
   BIG="--set cache.ledger=512 --set cache.window=1536"
@@ -54,9 +49,8 @@ fi
 if want nocopy; then  # ablation: the same checkpoint without the copy head's mix
   T=${KIND}${TAG:-}_nocopy
   OFF="--checkpoint $RUN --set memory.copy_head=false"
-  $S $NEEDLE --lengths 8k --methods symphony --distractors 3 $OFF --out $O/needle_${T}_mk3
+  $S $NEEDLE --lengths 8k,32k,64k --methods symphony --distractors 3 $OFF --out $O/needle_${T}_mk3
   $S eval ppl -c $C --max-tokens 8192 --methods symphony $OFF --out $O/ppl_$T --resume
-  $S $NEEDLE --lengths 32k --methods symphony --distractors 3 $OFF --out $O/needle_${T}_mk3_32k
   $S eval ppl -c $C --max-tokens 32768 --methods symphony $OFF --out $O/ppl32k_$T --resume
   $S eval ppl -c $C --set cache.ledger=512 --set cache.window=1536 --max-tokens 32768 --methods symphony $OFF \
       --out $O/ppl32k_${T}_2052 --resume

@@ -38,6 +38,9 @@ class CacheConfig:
     span_len: int = 16  # the ledger keeps whole spans of this many tokens
     recall_tokens: int = 32768  # token ids of evicted spans kept for recall (4 bytes each; 0 = off)
     recall_budget: int = 192  # tokens of recalled spans re-read in front of a question
+    # a span is recalled only if the query terms it adds weigh at least this share of the first pick's
+    # (so spans that merely repeat the question's template, e.g. distractor facts, stay out); 0 = any gain
+    recall_min_gain: float = 0.3
 
 
 @dataclass
@@ -269,6 +272,8 @@ def validate(cfg: SymphonyConfig) -> None:
         raise SymphonyError(f"config key 'memory.num_tasks' must be at least 1; got {m.num_tasks}")
     if not math.isfinite(m.gate_init):
         raise SymphonyError(f"config key 'memory.gate_init' must be a finite number; got {m.gate_init}")
+    if not 0 <= c.recall_min_gain <= 1:
+        raise SymphonyError(f"config key 'cache.recall_min_gain' must be between 0 and 1; got {c.recall_min_gain}")
     parse_layer_spec(m.layers)
     unknown = [t for t in parse_list(cfg.data.tasks, "data.tasks") if t not in TASKS]
     if unknown:

@@ -411,7 +411,8 @@ class StreamingEngine:
         """Token ids of evicted spans relevant to `query`, ready to re-read (empty without a recall ledger)."""
         if stream.recall is None or len(stream.recall) == 0:
             return []
-        runs = stream.recall.search(self.encode(query).tolist(), self.cache_cfg.recall_budget)
+        runs = stream.recall.search(self.encode(query).tolist(), self.cache_cfg.recall_budget,
+                                   min_gain=self.cache_cfg.recall_min_gain)
         sep = self.encode("\n").tolist()
         return [t for run in runs for t in run + sep]
 

@@ -2,7 +2,7 @@
 
 A token's KV costs tens of KB; its id costs 4 bytes. So the pointer ledger keeps the ids of many
 more candidate spans than the cache can hold as KV (the best by salience when it is full), and when a
-question arrives, the spans that share its rarest words are re-encoded in front of it: exact text,
+question arrives, the spans that cover its rarest words are re-encoded in front of it: exact text,
 still a fixed budget.
 """
 from __future__ import annotations
@@ -57,35 +57,60 @@ class RecallLedger:
         del self._row_of[int(self.start[worst])]
         return worst
 
-    def search(self, query_ids: list[int] | torch.Tensor, budget_tokens: int, context: int = 1) -> list[list[int]]:
-        """Spans sharing the query's rarest tokens (IDF-weighted, bigrams count extra), with `context`
-        neighbouring spans on each side, merged and returned in stream order as token-id runs."""
+    def search(self, query_ids: list[int] | torch.Tensor, budget_tokens: int, context: int = 1,
+               min_gain: float = 0.3) -> list[list[int]]:
+        """Spans that cover the query's rarest tokens, with `context` neighbouring spans on each side,
+        merged and returned in stream order as token-id runs.
+
+        Query terms are its tokens (IDF-weighted) and consecutive token pairs (half the pair's IDF).
+        Spans are picked greedily (each with its neighbours) by the weight of the query terms they add
+        that the picks so far do not hold, and picking stops once a span would add less than `min_gain`
+        of the first pick. So a question about the lantern recalls the lantern's sentence, not also the
+        sentences that only share its template ("The secret number for the ..."): those add nothing new,
+        and a small model reading them next to the question may answer from the wrong one."""
         used = torch.nonzero(self.start >= 0)[:, 0]
         if used.numel() == 0 or budget_tokens <= 0:
             return []
-        q = torch.unique(torch.as_tensor(query_ids, dtype=torch.int32))
+        qa = torch.as_tensor(query_ids, dtype=torch.int32)
+        q = torch.unique(qa)
         ids = self.ids[used]
         present = (ids[:, :, None] == q[None, None, :]).any(dim=1)  # [spans, query tokens]
         df = present.sum(0).float()
-        idf = torch.log((used.numel() + 1) / (df + 1)) * (df > 0)
-        score = (present.float() * idf).sum(1)
-        qa = torch.as_tensor(query_ids, dtype=torch.int32)
-        if qa.numel() > 1:  # consecutive query bigrams found consecutively in a span
+        weight = torch.log((used.numel() + 1) / (df + 1)) * (df > 0)
+        idf = dict(zip(q.tolist(), weight.tolist()))
+        pairs = list(dict.fromkeys(zip(qa[:-1].tolist(), qa[1:].tolist())))
+        if pairs:  # a pair counts where the span holds it consecutively
             a, b = ids[:, :-1], ids[:, 1:]
-            for x, y in zip(qa[:-1].tolist(), qa[1:].tolist()):
-                hit = ((a == x) & (b == y)).any(1)
-                score += hit.float() * 0.5 * float(idf[q == x].sum() + idf[q == y].sum())
-        starts = self.start[used]
+            hits = torch.stack([((a == x) & (b == y)).any(1) for x, y in pairs], dim=1)
+            present = torch.cat([present, hits], dim=1)
+            weight = torch.cat([weight, torch.tensor([0.5 * (idf[x] + idf[y]) for x, y in pairs])])
+        # a span is judged with its neighbours (what a pick re-reads): a fact cut by a span boundary
+        # ("... for the" | "vault is 7690137.") then counts whole
+        starts = self.start[used].tolist()
+        row_of_start = {int(s): i for i, s in enumerate(starts)}
+        window = [[row_of_start[s + k * self.span_len] for k in range(-context, context + 1)
+                   if s + k * self.span_len in row_of_start] for s in starts]
+        reach = torch.stack([present[w].any(0) for w in window])
+        covered = torch.zeros(present.shape[1], dtype=torch.bool)
+        open_ = torch.ones(used.numel(), dtype=torch.bool)
         chosen: set[int] = set()
-        for i in torch.argsort(score, descending=True).tolist():
-            if score[i] <= 0 or len(chosen) * self.span_len >= budget_tokens:
+        first_gain = None
+        while len(chosen) * self.span_len < budget_tokens and bool(open_.any()):
+            new = weight * ~covered
+            gain = (reach.float() * new).sum(1).masked_fill(~open_, -1.0)
+            # among windows that add the same, the one centred where the matches are (not a neighbour's
+            # window that cuts the fact off at its edge)
+            i = int(torch.argmax(gain + 1e-2 * (present.float() * new).sum(1)))
+            g = float(gain[i])
+            if g <= 0 or (first_gain is not None and g < min_gain * first_gain):
                 break
-            s = int(starts[i])
-            for k in range(-context, context + 1):
+            first_gain = first_gain if first_gain is not None else g
+            covered |= reach[i]
+            open_[i] = False
+            for j in sorted(window[i], key=lambda j: abs(starts[j] - starts[i])):  # the span first, then neighbours
                 if len(chosen) * self.span_len >= budget_tokens:
                     break
-                if s + k * self.span_len in self._row_of:
-                    chosen.add(s + k * self.span_len)
+                chosen.add(int(starts[j]))
         runs: list[list[int]] = []
         prev_end = None
         for s in sorted(chosen):

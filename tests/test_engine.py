@@ -181,3 +181,22 @@ def test_smollm2_bounded_cache_with_large_budget_is_bit_equal(embedded_model_dir
     stream = eng.new_stream()
     eng.ingest(stream, ids[0])
     assert eng.decode(stream, 12, stop_ids=[]) == ref[0, 300:].tolist()
+
+
+def test_recall_leaves_out_spans_that_only_repeat_the_question_template():
+    """Four facts share a template ("secret number for the <key> is <value>"); a question about one key
+    recalls that fact's span, not the distractors (they add no query term the first pick lacks)."""
+    led = RecallLedger(capacity_tokens=400, span_len=8)
+    rng = random.Random(0)
+    ids = torch.tensor([rng.randrange(100, 200) for _ in range(400)])
+    template = [11, 12, 13, 14]  # "The secret number for the"
+    facts = {40: 21, 120: 22, 240: 23, 320: 24}  # span start -> key token; values are 31..34
+    for start, key in facts.items():
+        ids[start:start + 8] = torch.tensor(template + [key, 15, 10 + key, 16])
+    led.add(torch.arange(400), ids, torch.zeros(400))
+    question = [50, 12, 13, 14, 23, 51]  # "What is the secret number for the <key 23>?"
+    flat = [t for r in led.search(question, budget_tokens=200, context=0) for t in r]
+    assert flat == ids[240:248].tolist()
+    # a question naming two keys recalls both facts: the second adds a rare term the first lacks
+    both = led.search([50, 12, 13, 14, 23, 52, 14, 21, 51], budget_tokens=200, context=0)
+    assert both == [ids[40:48].tolist(), ids[240:248].tolist()]
