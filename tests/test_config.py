@@ -255,3 +255,9 @@ def test_artifacts_path(monkeypatch, tmp_path):
     assert load_config("tiny").artifacts_path == tmp_path / "home"
     cfg = load_config("tiny", [f"artifacts_dir={tmp_path / 'elsewhere'}"])
     assert cfg.artifacts_path == tmp_path / "elsewhere"
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1.5"])
+def test_recall_min_gain_is_a_share(value):
+    with pytest.raises(SymphonyError, match="'cache.recall_min_gain' must be between 0 and 1"):
+        load_config("tiny", [f"cache.recall_min_gain={value}"])
