@@ -78,7 +78,7 @@ class MemoryConfig:
     titans_page_threshold: float = 0.5  # complexity above which the active Titans page switches
     titans_read_norm: bool = True  # RMS-normalise the Titans read-out per head (bounded on long streams)
     gate_init: float = 0.0  # adapter gate at injection; 0.0 makes the injected model exactly the base model
-    copy_head: bool = True  # mix a trained copy head into decoding; false: the ablation without it (evals, chat)
+    copy_head: bool = True  # the copy head: trained (phases 5-7) and mixed into decoding; false: neither (router only)
     persistent_tokens: int = 0  # learned persistent-memory tokens per task, fixed first cache slots (0 = off)
     num_tasks: int = 1  # persistent-memory tasks (chat/generate --task-id, SymphonyModel task_ids)
     checkpoint: str = ""  # trained adapters to load (a phase run's DIR, DIR/final or DIR/phaseN); their own

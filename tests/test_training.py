@@ -207,3 +207,20 @@ def test_gate_scale_projection():
         head.gate_scale.fill_(1.7)
     head.project_()
     assert head.gate_scale.item() == 1.0
+
+
+def test_copy_head_off_trains_the_router_only(tmp_path):
+    """`memory.copy_head=false` from phase 2 on: phase 5 trains the salience router, leaves the copy head as
+    injected and its gate shut, so the exported adapters decode with the LM alone."""
+    run = tmp_path / "run"
+    cfg = cfg_for("memory.copy_head=false", "train.phase4_steps=1", "train.phase5_steps=3")
+    for n in (1, 2, 3, 4, 5):
+        get_phase(n)(cfg, run, progress=False)
+    before, after = adapters(run / "phase4"), adapters(run / "phase5")
+    copy_keys = [k for k in after if ".copy_head." in k]
+    router_keys = [k for k in after if ".router." in k]
+    assert copy_keys and router_keys
+    assert all(torch.equal(before[k], after[k]) for k in copy_keys)
+    assert any(not torch.equal(before[k], after[k]) for k in router_keys)
+    assert float(after["symphony_pointer.copy_head.gate_scale"]) == 0.0
+    assert json.loads((run / "phase5" / "manifest.json").read_text())["use_copy"] is False

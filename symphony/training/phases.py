@@ -64,12 +64,14 @@ def _calibrated(name: str) -> bool:
         f".{k}." in name for k in ("to_gates", "to_beta", "gate"))
 
 
-def _trainable(model, phase: int) -> list[torch.nn.Parameter]:
+def _trainable(model, phase: int, copy_head: bool = True) -> list[torch.nn.Parameter]:
     """Select this phase's parameters; every other adapter parameter is frozen for the phase. Parameters a
-    memory holds fixed by config (e.g. FHRR phases with learn_phases off) stay fixed."""
+    memory holds fixed by config (e.g. FHRR phases with learn_phases off) stay fixed, and so does the copy
+    head when `memory.copy_head` is off (the router still trains)."""
     adapters = [(n, p) for n, p in model.named_parameters() if ".memory_adapter." in n]
     heads = pointer_heads(model)
-    pointer = [(f"symphony_pointer.{n}", p) for n, p in heads.named_parameters()] if heads is not None else []
+    pointer = [(f"symphony_pointer.{n}", p) for n, p in heads.named_parameters()
+               if copy_head or not n.startswith("copy_head.")] if heads is not None else []
     pm = persistent_memory(model)  # persistent task tokens: phase 7 only
     persistent = [(f"{PERSISTENT_ATTR}.{n}", p) for n, p in pm.named_parameters()] if pm is not None else []
     everything = adapters + pointer + persistent
@@ -178,9 +180,12 @@ def run_training_phase(cfg: SymphonyConfig, run_dir: str | Path, phase: int, for
     freeze(model)
     load_checkpoint(model, prev_dir, model_name=cfg.model.name)
     engine = StreamingEngine(model, loaded.tokenizer, cfg.cache, cfg.salience, policy="symphony")
-    params = _trainable(model, phase)
+    params = _trainable(model, phase, cfg.memory.copy_head)
     has_pointer = pointer_heads(model) is not None
-    use_copy = has_pointer and phase in (5, 6, 7)
+    if has_pointer and not cfg.memory.copy_head:  # built without the copy head: its gate stays shut
+        with torch.no_grad():
+            pointer_heads(model).copy_head.gate_scale.zero_()
+    use_copy = has_pointer and cfg.memory.copy_head and phase in (5, 6, 7)
     use_router = has_pointer and phase in (5, 7)
     t = cfg.train
     cap = (lambda n: min(n, t.max_steps)) if t.max_steps > 0 else (lambda n: n)
