@@ -94,12 +94,14 @@ def trained(root: Path) -> None:
                 if r.get("correct") is None:
                     continue
                 mk = f" + {st['distractors']} distr." if st.get("distractors") else ""
-                col = f"needle{mk}, {r['context_len'] // 1024}k"
+                col = f"needle{mk}, {r['context_len'] // 1024}k" + ("" if budget == 512 else f" ({budget} slots)")
                 cells.setdefault((label, col), []).append(bool(r["correct"]))
             elif r.get("ppl") is not None:
                 col = f"ppl {r['tokens'] // 1024}k" + ("" if budget == 512 or r["method"] == "full" else f" ({budget} slots)")
                 cells[(label, col)] = [r["ppl"]]
-    order = lambda c: (c.startswith("ppl"), "distr" in c, c.split(", ")[-1].rjust(4), c)  # noqa: E731
+    def order(col: str):  # needle before ppl, plain before distractors, 512 slots before bigger, by length
+        length = int(col.replace(",", " ").split("k")[0].split()[-1])
+        return col.startswith("ppl"), "distr" in col, "slots" in col, length, col
     cols = sorted({c for _, c in cells}, key=order)
     rows = sorted({lab for lab, _ in cells}, key=lambda s: (not s.startswith("full"), not s.startswith("sinks"),
                                                             s.startswith("symphony +"), s))

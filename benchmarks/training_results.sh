@@ -41,10 +41,13 @@ if want trained; then  # the trained adapters (RUN/final), same needles, same to
   $S eval ppl -c $C --max-tokens 8192 --methods symphony --checkpoint "$RUN" --out $O/ppl_$T --resume
   $S eval ppl -c $C --max-tokens 32768 --methods symphony --checkpoint "$RUN" --out $O/ppl32k_$T --resume
 fi
-if want big; then  # the perplexity target with a 2,052-slot cache (the smollm2-135m preset's budget)
+if want big; then  # the targets with a 2,052-slot cache (the smollm2-135m preset's budget)
   BIG="--set cache.ledger=512 --set cache.window=1536"
   $S eval ppl -c $C $BIG --max-tokens 32768 --methods sinks,symphony --out $O/ppl32k_base_2052 --resume
   $S eval ppl -c $C $BIG --max-tokens 32768 --methods symphony --checkpoint "$RUN" --out $O/ppl32k_${KIND}${TAG:-}_2052 --resume
+  # both targets at one budget: the needle with distractors at 2,052 slots too
+  $S $NEEDLE --lengths 8k,32k,64k --methods symphony --distractors 3 --checkpoint "$RUN" $BIG \
+      --out $O/needle_${KIND}${TAG:-}_mk3_2052
 fi
 if want nocopy; then  # ablation: the same checkpoint without the copy head's mix
   T=${KIND}${TAG:-}_nocopy
