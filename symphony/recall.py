@@ -63,8 +63,8 @@ class RecallLedger:
         merged and returned in stream order as token-id runs.
 
         Query terms are its tokens (IDF-weighted) and consecutive token pairs (half the pair's IDF).
-        Spans are picked greedily (each with its neighbours) by the weight of the query terms they add
-        that the picks so far do not hold, and picking stops once a span would add less than `min_gain`
+        Spans are picked greedily (each with its neighbours, which count half) by the weight of the query
+        terms they add that the picks so far do not hold, and picking stops once a span would add less than `min_gain`
         of the first pick. So a question about the lantern recalls the lantern's sentence, not also the
         sentences that only share its template ("The secret number for the ..."): those add nothing new,
         and a small model reading them next to the question may answer from the wrong one."""
@@ -84,8 +84,9 @@ class RecallLedger:
             hits = torch.stack([((a == x) & (b == y)).any(1) for x, y in pairs], dim=1)
             present = torch.cat([present, hits], dim=1)
             weight = torch.cat([weight, torch.tensor([0.5 * (idf[x] + idf[y]) for x, y in pairs])])
-        # a span is judged with its neighbours (what a pick re-reads): a fact cut by a span boundary
-        # ("... for the" | "vault is 7690137.") then counts whole
+        # a span is judged with its neighbours (what a pick re-reads), theirs at half weight: a fact cut by
+        # a span boundary ("... for the" | "vault is 7690137.") still counts whole, and the pick is centred
+        # on the span that holds the match, not on a neighbour whose other side adds a common word
         starts = self.start[used].tolist()
         row_of_start = {int(s): i for i, s in enumerate(starts)}
         window = [[row_of_start[s + k * self.span_len] for k in range(-context, context + 1)
@@ -97,10 +98,9 @@ class RecallLedger:
         first_gain = None
         while len(chosen) * self.span_len < budget_tokens and bool(open_.any()):
             new = weight * ~covered
-            gain = (reach.float() * new).sum(1).masked_fill(~open_, -1.0)
-            # among windows that add the same, the one centred where the matches are (not a neighbour's
-            # window that cuts the fact off at its edge)
-            i = int(torch.argmax(gain + 1e-2 * (present.float() * new).sum(1)))
+            gain = (present.float() * new).sum(1) + 0.5 * ((reach & ~present).float() * new).sum(1)
+            gain = gain.masked_fill(~open_, -1.0)
+            i = int(torch.argmax(gain))
             g = float(gain[i])
             if g <= 0 or (first_gain is not None and g < min_gain * first_gain):
                 break
