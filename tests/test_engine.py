@@ -200,3 +200,17 @@ def test_recall_leaves_out_spans_that_only_repeat_the_question_template():
     # a question naming two keys recalls both facts: the second adds a rare term the first lacks
     both = led.search([50, 12, 13, 14, 23, 52, 14, 21, 51], budget_tokens=200, context=0)
     assert both == [ids[40:48].tolist(), ids[240:248].tolist()]
+
+
+def test_recall_centres_on_the_span_holding_the_match():
+    """The fact's value runs into the next span; a common query word two spans before must not pull the
+    recalled window back so that it ends mid-value."""
+    led = RecallLedger(capacity_tokens=400, span_len=8)
+    rng = random.Random(1)
+    ids = torch.tensor([rng.randrange(100, 200) for _ in range(400)])
+    ids[160:168] = torch.tensor([11, 12, 13, 14, 21, 15, 31, 32])  # "... the lantern is 95 31"
+    ids[168:170] = torch.tensor([33, 34])  # "316" continues in the next span
+    ids[145] = 50  # a question word ("What"), rare enough to count, two spans before the fact
+    led.add(torch.arange(400), ids, torch.zeros(400))
+    flat = [t for r in led.search([50, 15, 12, 13, 14, 21], budget_tokens=200, context=1) for t in r]
+    assert flat == ids[152:176].tolist()  # the fact's span with both neighbours: the value whole
