@@ -71,22 +71,26 @@ def trained_label(method: str, checkpoint: str | None, copy_head: bool = True) -
     return f"symphony + trained {run.removeprefix('smollm2-cpu-')}" + ("" if copy_head else ", copy head off")
 
 
-def trained(root: Path) -> None:
+def trained(root: Path, before_recall_fix: bool = False) -> None:
     """One table over every eval under root/train (results/train/<name>/*.json or docs/results/train/*.json):
     needle (plain and with distractors) by length, perplexity by tokens, rows by method/checkpoint, columns
-    split by cache budget."""
-    files = sorted(root.glob("train/*/needle.json")) + sorted(root.glob("train/*/ppl.json")) + sorted(
-        root.glob("train/*.json"))
-    # needle runs made before the recall ledger's coverage search (train/recall_v1/): only their sinks rows
-    # count, as sinks has no recall ledger; their symphony rows are superseded
-    before_recall_fix = sorted(root.glob("train/recall_v1/*.json"))
+    split by cache budget. Needle runs made before the recall ledger's coverage search sit in
+    train/recall_v1/: `before_recall_fix` tables them alone; otherwise only their sinks rows count (sinks has
+    no recall ledger, so the change did not touch them) and their symphony rows are superseded."""
+    old = sorted(root.glob("train/recall_v1/*/needle.json")) + sorted(root.glob("train/recall_v1/*.json"))
+    if before_recall_fix:
+        files, only_sinks = old, []
+    else:
+        files = sorted(root.glob("train/*/needle.json")) + sorted(root.glob("train/*/ppl.json")) + sorted(
+            root.glob("train/*.json"))
+        files, only_sinks = files + old, old
     cells: dict[tuple[str, str], list] = {}
-    for f in files + before_recall_fix:
+    for f in files:
         d = load(f)
         st = d["settings"]
         budget = sum(st["cache"][k] for k in ("sinks", "ledger", "window"))
         for r in d["rows"]:
-            if f in before_recall_fix and r["method"] != "sinks":
+            if f in only_sinks and r["method"] != "sinks":
                 continue
             label = trained_label(r["method"], st.get("checkpoint") if r["method"] == "symphony" else None,
                                   st.get("copy_head", True))
@@ -134,6 +138,9 @@ def main():
     if list(root.glob("train/*")):
         print("\n### trained memories (smollm2-135m-cpu)\n")
         trained(root)
+    if list(root.glob("train/recall_v1/*")):
+        print("\n### trained memories, needle before the coverage recall (recall_v1)\n")
+        trained(root, before_recall_fix=True)
 
 
 if __name__ == "__main__":
