@@ -64,10 +64,11 @@ class RecallLedger:
 
         Query terms are its tokens (IDF-weighted) and consecutive token pairs (half the pair's IDF).
         Spans are picked greedily (each with its neighbours, which count half) by the weight of the query
-        terms they add that the picks so far do not hold, and picking stops once a span would add less than `min_gain`
-        of the first pick. So a question about the lantern recalls the lantern's sentence, not also the
-        sentences that only share its template ("The secret number for the ..."): those add nothing new,
-        and a small model reading them next to the question may answer from the wrong one."""
+        terms they add that the picks so far do not hold, and picking stops once a span would add less
+        than `min_gain` of the first pick. So a question about the lantern recalls the lantern's
+        sentence, not also the sentences that only share its template ("The secret number for the ..."):
+        those add nothing new, and a small model reading them next to the question may answer from the
+        wrong one."""
         used = torch.nonzero(self.start >= 0)[:, 0]
         if used.numel() == 0 or budget_tokens <= 0:
             return []
