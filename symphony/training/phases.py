@@ -181,10 +181,11 @@ def run_training_phase(cfg: SymphonyConfig, run_dir: str | Path, phase: int, for
     load_checkpoint(model, prev_dir, model_name=cfg.model.name)
     engine = StreamingEngine(model, loaded.tokenizer, cfg.cache, cfg.salience, policy="symphony")
     params = _trainable(model, phase, cfg.memory.copy_head)
-    has_pointer = pointer_heads(model) is not None
+    heads = pointer_heads(model)
+    has_pointer = heads is not None
     if has_pointer and not cfg.memory.copy_head:  # built without the copy head: its gate stays shut
         with torch.no_grad():
-            pointer_heads(model).copy_head.gate_scale.zero_()
+            heads.copy_head.gate_scale.zero_()
     use_copy = has_pointer and cfg.memory.copy_head and phase in (5, 6, 7)
     use_router = has_pointer and phase in (5, 7)
     t = cfg.train
@@ -231,7 +232,7 @@ def run_training_phase(cfg: SymphonyConfig, run_dir: str | Path, phase: int, for
     body["training"] = summary
     body["gates"] = {f"layer{a.layer_idx}": round(a.gate.item(), 6) for a in memory_adapters(model)}
     if has_pointer:
-        body["copy_gate_scale"] = round(pointer_heads(model).copy_head.gate_scale.item(), 6)
+        body["copy_gate_scale"] = round(heads.copy_head.gate_scale.item(), 6)
     if is_main_process():  # data-parallel runs: one process writes
         from symphony.training.plots import plot_losses
 
