@@ -411,8 +411,9 @@ class StreamingEngine:
         """Token ids of evicted spans relevant to `query`, ready to re-read (empty without a recall ledger)."""
         if stream.recall is None or len(stream.recall) == 0:
             return []
+        cache = stream.cache  # its window competes with the archive (a fact still there is re-read from there)
         runs = stream.recall.search(self.encode(query).tolist(), self.cache_cfg.recall_budget,
-                                   min_gain=self.cache_cfg.recall_min_gain)
+                                    min_gain=self.cache_cfg.recall_min_gain, live=(cache.positions, cache.token_ids))
         sep = self.encode("\n").tolist()
         return [t for run in runs for t in run + sep]
 

@@ -3,7 +3,8 @@
 A token's KV costs tens of KB; its id costs 4 bytes. So the pointer ledger keeps the ids of many
 more candidate spans than the cache can hold as KV (the best by salience when it is full), and when a
 question arrives, the spans that cover its rarest words are re-encoded in front of it: exact text,
-still a fixed budget.
+still a fixed budget. The recent window (not archived yet) competes too: when the best match is still
+there, it is that text that gets re-read, not an archived look-alike.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class RecallLedger:
         self.start = torch.full((self.n_spans,), -1, dtype=torch.long)  # stream position of the span's start
         self.score = torch.full((self.n_spans,), -math.inf)
         self._row_of: dict[int, int] = {}
+        self.end = 0  # one past the last stream position archived: later positions are still in the window
 
     def nbytes(self) -> int:
         return self.ids.nbytes + self.start.nbytes + self.score.nbytes
@@ -31,6 +33,7 @@ class RecallLedger:
         """Store archived tokens (left the window), grouped into aligned spans; when full, the lowest-scored span gives way."""
         if positions.numel() == 0:
             return
+        self.end = max(self.end, int(positions.max()) + 1)
         span_start = torch.div(positions, self.span_len, rounding_mode="floor") * self.span_len
         for s in torch.unique(span_start).tolist():
             sel = span_start == s
@@ -57,8 +60,33 @@ class RecallLedger:
         del self._row_of[int(self.start[worst])]
         return worst
 
+    def _candidates(self, live: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, list[int]]:
+        """Token ids [spans, span_len] (-1 where absent) and stream starts of the archived spans plus the
+        spans of `live` (positions, ids of the cache's slots) not archived yet; a span cut by the archive's
+        end is one candidate, both parts merged."""
+        used = torch.nonzero(self.start >= 0)[:, 0]
+        ids, starts = self.ids[used].clone(), self.start[used].tolist()
+        if live is None:
+            return ids, starts
+        pos, tok = live[0].reshape(-1).cpu(), live[1].reshape(-1).cpu()
+        sel = (pos >= self.end) & (tok >= 0)
+        pos, tok = pos[sel], tok[sel]
+        row_of = {s: i for i, s in enumerate(starts)}
+        extra: list[torch.Tensor] = []
+        for s in torch.unique(torch.div(pos, self.span_len, rounding_mode="floor") * self.span_len).tolist():
+            inside = (pos >= s) & (pos < s + self.span_len)
+            if s in row_of:
+                ids[row_of[s], pos[inside] - s] = tok[inside].to(torch.int32)
+            else:
+                row = torch.full((self.span_len,), -1, dtype=torch.int32)
+                row[pos[inside] - s] = tok[inside].to(torch.int32)
+                row_of[s] = len(starts)
+                starts.append(s)
+                extra.append(row)
+        return (torch.cat([ids, torch.stack(extra)]) if extra else ids), starts
+
     def search(self, query_ids: list[int] | torch.Tensor, budget_tokens: int, context: int = 1,
-               min_gain: float = 0.3) -> list[list[int]]:
+               min_gain: float = 0.3, live: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[list[int]]:
         """Spans that cover the query's rarest tokens, with `context` neighbouring spans on each side,
         merged and returned in stream order as token-id runs.
 
@@ -68,16 +96,21 @@ class RecallLedger:
         than `min_gain` of the first pick. So a question about the lantern recalls the lantern's
         sentence, not also the sentences that only share its template ("The secret number for the ..."):
         those add nothing new, and a small model reading them next to the question may answer from the
-        wrong one."""
-        used = torch.nonzero(self.start >= 0)[:, 0]
-        if used.numel() == 0 or budget_tokens <= 0:
+        wrong one.
+
+        `live` (positions, token ids of the cache's slots) adds the window's spans not archived yet as
+        candidates: when the fact is still in the window, its span wins the first pick and the
+        look-alikes in the archive add nothing; without it, the best archived look-alike (a distractor)
+        would be re-read right in front of the question and answered from."""
+        if len(self) == 0 or budget_tokens <= 0:
             return []
+        ids, starts = self._candidates(live)
+        n_spans = len(starts)
         qa = torch.as_tensor(query_ids, dtype=torch.int32)
         q = torch.unique(qa)
-        ids = self.ids[used]
         present = (ids[:, :, None] == q[None, None, :]).any(dim=1)  # [spans, query tokens]
         df = present.sum(0).float()
-        weight = torch.log((used.numel() + 1) / (df + 1)) * (df > 0)
+        weight = torch.log((n_spans + 1) / (df + 1)) * (df > 0)
         idf = dict(zip(q.tolist(), weight.tolist()))
         pairs = list(dict.fromkeys(zip(qa[:-1].tolist(), qa[1:].tolist())))
         if pairs:  # a pair counts where the span holds it consecutively
@@ -88,13 +121,12 @@ class RecallLedger:
         # a span is judged with its neighbours (what a pick re-reads), theirs at half weight: a fact cut by
         # a span boundary ("... for the" | "vault is 7690137.") still counts whole, and the pick is centred
         # on the span that holds the match, not on a neighbour whose other side adds a common word
-        starts = self.start[used].tolist()
         row_of_start = {int(s): i for i, s in enumerate(starts)}
         window = [[row_of_start[s + k * self.span_len] for k in range(-context, context + 1)
                    if s + k * self.span_len in row_of_start] for s in starts]
         reach = torch.stack([present[w].any(0) for w in window])
         covered = torch.zeros(present.shape[1], dtype=torch.bool)
-        open_ = torch.ones(used.numel(), dtype=torch.bool)
+        open_ = torch.ones(n_spans, dtype=torch.bool)
         chosen: set[int] = set()
         first_gain = None
         while len(chosen) * self.span_len < budget_tokens and bool(open_.any()):
@@ -115,7 +147,7 @@ class RecallLedger:
         runs: list[list[int]] = []
         prev_end = None
         for s in sorted(chosen):
-            row_ids = [t for t in self.ids[self._row_of[s]].tolist() if t >= 0]
+            row_ids = [t for t in ids[row_of_start[s]].tolist() if t >= 0]
             if prev_end == s and runs:
                 runs[-1].extend(row_ids)
             else:

@@ -214,3 +214,25 @@ def test_recall_centres_on_the_span_holding_the_match():
     led.add(torch.arange(400), ids, torch.zeros(400))
     flat = [t for r in led.search([50, 15, 12, 13, 14, 21], budget_tokens=200, context=1) for t in r]
     assert flat == ids[152:176].tolist()  # the fact's span with both neighbours: the value whole
+
+
+def test_recall_rereads_the_fact_from_the_window_not_an_archived_look_alike():
+    """The asked fact is still in the window; a distractor sharing its template is archived. Recall must
+    re-read the window's fact (or nothing new), never the distractor alone: read right before the question,
+    a small model answers from it (seen at 8k with a 2,052-slot cache: the violin's number for the tunnel's)."""
+    led = RecallLedger(capacity_tokens=400, span_len=8)
+    rng = random.Random(2)
+    ids = torch.tensor([rng.randrange(100, 200) for _ in range(300)])
+    template = [11, 12, 13, 14]  # "The secret number for the"
+    ids[80:88] = torch.tensor(template + [22, 15, 32, 16])  # archived distractor (key 22)
+    ids[264:272] = torch.tensor(template + [23, 15, 33, 16])  # the asked fact (key 23), in the window
+    led.add(torch.arange(250), ids[:250], torch.zeros(250))  # positions 250.. are still in the window
+    question = [50, 12, 13, 14, 23, 51]
+    assert led.search(question, budget_tokens=200, context=0) == [ids[80:88].tolist()]  # archive alone: the bug
+    live = (torch.arange(236, 300), ids[236:300])  # the cache's slots: some archived already, then the window
+    assert led.search(question, budget_tokens=200, context=0, live=live) == [ids[264:272].tolist()]
+    # a span cut by the archive's end is one candidate, both parts merged
+    ids[248:256] = torch.tensor(template + [24, 15, 34, 16])  # 248-249 archived, the rest live
+    led.add(torch.arange(250), ids[:250], torch.zeros(250))
+    live = (torch.arange(236, 300), ids[236:300])
+    assert led.search([50, 12, 13, 14, 24, 51], budget_tokens=200, context=0, live=live) == [ids[248:256].tolist()]
