@@ -47,6 +47,7 @@ if want big; then  # the targets with a 2,052-slot cache (the smollm2-135m prese
   $S eval ppl -c $C $BIG --max-tokens 32768 --methods symphony --checkpoint "$RUN" --out $O/ppl32k_${KIND}${TAG:-}_2052 --resume
   # both targets at one budget: the needle with distractors at 2,052 slots too (untrained and trained)
   $S $NEEDLE --lengths 8k,32k,64k --methods symphony --distractors 3 $BIG --out $O/needle_base_mk3_2052
+  $S $NEEDLE --lengths 8k,32k,64k --methods sinks --distractors 3 $BIG --out $O/needle_sinks_mk3_2052
   $S $NEEDLE --lengths 8k,32k,64k --methods symphony --distractors 3 --checkpoint "$RUN" $BIG \
       --out $O/needle_${KIND}${TAG:-}_mk3_2052
 fi

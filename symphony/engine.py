@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import resource
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -55,6 +55,10 @@ class Stream:
     persistent: int = 0
     # (index into `memory`, decoder layer) of every Titans adapter with manifold paging
     paged: tuple[tuple[int, int], ...] = ()
+    # stream ranges [start, end) of questions, re-read spans and replies: the conversation, not the document,
+    # so recall never re-reads them from the window (a previous question shares the next one's template
+    # and would out-cover the archived fact); ranges older than the window are dropped
+    conversation: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def occupied(self) -> int:
@@ -378,6 +382,7 @@ class StreamingEngine:
         stop = set(stop_ids if stop_ids is not None else self.stop_ids())
         out: list[int] = []
         cap = self.capacity
+        start = stream.tokens_seen
         for _ in range(max_new_tokens):
             token = sample(stream.last_logits, temperature, top_p, generator)
             if token in stop:
@@ -388,6 +393,8 @@ class StreamingEngine:
             self.feed(stream, torch.tensor([token]))
             if cap is not None and stream.occupied >= cap + self.cache_cfg.segment_len:
                 self.compact(stream)
+        if out:
+            stream.conversation.append((start, stream.tokens_seen))
         return out
 
     def stop_ids(self) -> list[int]:
@@ -411,18 +418,25 @@ class StreamingEngine:
         """Token ids of evicted spans relevant to `query`, ready to re-read (empty without a recall ledger)."""
         if stream.recall is None or len(stream.recall) == 0:
             return []
-        cache = stream.cache  # its window competes with the archive (a fact still there is re-read from there)
+        # the window's document text competes with the archive (a fact still there is re-read from there)
+        pos, ids = stream.cache.positions, stream.cache.token_ids
+        stream.conversation = [(a, b) for a, b in stream.conversation if b > stream.recall.end]
+        document = torch.ones_like(pos, dtype=torch.bool)
+        for a, b in stream.conversation:
+            document &= (pos < a) | (pos >= b)
         runs = stream.recall.search(self.encode(query).tolist(), self.cache_cfg.recall_budget,
-                                    min_gain=self.cache_cfg.recall_min_gain, live=(cache.positions, cache.token_ids))
+                                    min_gain=self.cache_cfg.recall_min_gain, live=(pos[document], ids[document]))
         sep = self.encode("\n").tolist()
         return [t for run in runs for t in run + sep]
 
     def ask(self, stream: Stream, text: str, after: str) -> None:
         """Feed a user message's text (preceded by any recalled spans) and the template's closing."""
         recalled = self.recalled(stream, text)
+        start = stream.tokens_seen
         if recalled:
             self.ingest(stream, recalled + self.encode("\n").tolist())
         self.ingest(stream, self.encode(text + after))
+        stream.conversation.append((start, stream.tokens_seen))
 
     def encode(self, text: str) -> torch.Tensor:
         return torch.tensor(self.tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)

@@ -236,3 +236,20 @@ def test_recall_rereads_the_fact_from_the_window_not_an_archived_look_alike():
     led.add(torch.arange(250), ids[:250], torch.zeros(250))
     live = (torch.arange(236, 300), ids[236:300])
     assert led.search([50, 12, 13, 14, 24, 51], budget_tokens=200, context=0, live=live) == [ids[248:256].tolist()]
+
+
+def test_recall_in_a_chat_ignores_the_previous_question_in_the_window(tiny_loaded):
+    """Second question of a chat: the first question (same template) is still in the window. It is the
+    conversation, not the document: recall must re-read the archived fact, not the previous turn."""
+    cfg = load_config("tiny", ["cache.ledger=16", "cache.window=160", "cache.segment_len=32", "cache.recall_budget=48"])
+    eng = StreamingEngine(tiny_loaded.model, tiny_loaded.tokenizer, cfg.cache, cfg.salience)
+    stream = eng.new_stream()
+    rng = random.Random(3)
+    hay = "".join(rng.choice("abcdefghij ") for _ in range(600))
+    doc = hay[:100] + " THE VAULT KEY: MAT. " + hay[100:200] + " THE LAMP KEY: BOX. " + hay[200:]
+    eng.ingest(stream, eng.encode(doc))
+    eng.ask(stream, "WHERE IS THE LAMP KEY? ANSWER IN WORDS.", "\n")  # longer than the facts: out-covers them
+    eng.decode(stream, 8, stop_ids=[])
+    recalled = eng.tokenizer.decode(eng.recalled(stream, "WHERE IS THE VAULT KEY? ANSWER IN WORDS."))
+    assert "THE VAULT KEY" in recalled
+    assert "LAMP" not in recalled
