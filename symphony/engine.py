@@ -393,7 +393,7 @@ class StreamingEngine:
             self.feed(stream, torch.tensor([token]))
             if cap is not None and stream.occupied >= cap + self.cache_cfg.segment_len:
                 self.compact(stream)
-        if out:
+        if out and stream.recall is not None:
             stream.conversation.append((start, stream.tokens_seen))
         return out
 
@@ -436,7 +436,8 @@ class StreamingEngine:
         if recalled:
             self.ingest(stream, recalled + self.encode("\n").tolist())
         self.ingest(stream, self.encode(text + after))
-        stream.conversation.append((start, stream.tokens_seen))
+        if stream.recall is not None:  # only recall reads it (and prunes it to the window)
+            stream.conversation.append((start, stream.tokens_seen))
 
     def encode(self, text: str) -> torch.Tensor:
         return torch.tensor(self.tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
