@@ -10,9 +10,10 @@ from symphony.evaluation.options import eval_options
 @click.command()
 @config_options
 @eval_options(default_out="results/integrity")
-@click.option("--prefix-tokens", default=4096, show_default=True,
+@click.option("--prefix-tokens", type=click.IntRange(min=0), default=4096, show_default=True,
               help="Length of the unrelated prefix streamed through the cache before each prompt (0: skip).")
-@click.option("--max-new-tokens", default=48, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=48, show_default=True,
+              help="Longest answer, in tokens (greedy decoding).")
 @click.option("--only", default="", help="Comma-separated check names to run (default: the whole battery).")
 def command(cfg, methods, out, resume, memory_limit, prefix_tokens, max_new_tokens, only):
     """Run a fixed battery of 32 checkable prompts (knowledge, arithmetic, instructions, code that must parse)
@@ -30,10 +31,10 @@ def command(cfg, methods, out, resume, memory_limit, prefix_tokens, max_new_toke
         if unknown:
             raise SymphonyError(f"unknown check(s) {', '.join(sorted(unknown))}; see symphony/evaluation/integrity.py")
         checks = tuple(c for c in BATTERY if c.name in names)
-    engine = engine_from_config(cfg, policy="symphony", progress=False)
     store = ResultStore(out / "integrity.json", ("name",),
                         meta={"model": cfg.model.name, "config": cfg.to_dict(), "prefix_tokens": prefix_tokens},
                         resume=resume)
+    engine = engine_from_config(cfg, policy="symphony", progress=False)
     extra = lambda rows: {"checks": rows, "summary": summarize(rows)}  # noqa: E731
     run_integrity(engine, prefix_tokens, max_new_tokens, checks,
                   on_row=lambda row: store.add(row, extra), done=lambda name: store.has(name=name))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from symphony.cli_options import config_options
-from symphony.evaluation.needle import DEFAULT_DEPTHS, DEFAULT_LENGTHS, NEEDLE_KINDS
+from symphony.evaluation.needle import DEFAULT_DEPTHS, DEFAULT_LENGTHS, MAX_DISTRACTORS, NEEDLE_KINDS
 from symphony.evaluation.options import eval_options
 
 
@@ -24,7 +24,7 @@ from symphony.evaluation.options import eval_options
               help="Text file for the haystack (default: the built-in corpus, Python's documentation).")
 @click.option("--needle", "needle_kind", type=click.Choice(NEEDLE_KINDS), default="number", show_default=True,
               help="What the secret is: a 7-digit number, a word, or a uuid code.")
-@click.option("--distractors", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--distractors", type=click.IntRange(0, MAX_DISTRACTORS), default=0, show_default=True,
               help="Other needles of the same kind with different keys planted elsewhere in the haystack.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=32, show_default=True,
               help="Longest answer, in tokens (greedy decoding).")

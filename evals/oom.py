@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from symphony.cli_options import config_options
-from symphony.evaluation.options import eval_options
+from symphony.evaluation.options import eval_options, positive_finite
 
 
 @click.command()
@@ -14,7 +14,7 @@ from symphony.evaluation.options import eval_options
               help="Context lengths in tokens, e.g. 4k,8k,16k or 1000,3000.")
 @click.option("--decode-tokens", default=16, show_default=True, type=click.IntRange(min=0),
               help="Tokens decoded greedily after each ingest (timed per token; 0: skip).")
-@click.option("--time-limit", default=None, type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+@click.option("--time-limit", default=None, type=float, callback=positive_finite, metavar="SECONDS",
               help="Skip a measurement whose projected time (from the method's previous length: quadratic for"
                    " full, linear for bounded methods) exceeds this; recorded as skipped_time. Default: none.")
 def command(cfg, methods, out, resume, memory_limit, lengths, decode_tokens, time_limit):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import psutil
 import torch
 
+from symphony.errors import SymphonyError
 from symphony.planner import activation_bytes, parse_size
 
 
@@ -15,8 +16,16 @@ def default_memory_limit(device: torch.device) -> int:
     return int(0.8 * psutil.virtual_memory().available)
 
 
+def parse_memory_limit(text: str) -> int:
+    """--memory-limit in bytes; a limit of nothing would record every cell as over_limit."""
+    limit = parse_size(text)
+    if limit <= 0:
+        raise SymphonyError(f"--memory-limit must be more than 0, got '{text}'; use e.g. 8GB or 512MB")
+    return limit
+
+
 def resolve_memory_limit(text: str | None, device: torch.device) -> int:
-    return parse_size(text) if text else default_memory_limit(device)
+    return parse_memory_limit(text) if text else default_memory_limit(device)
 
 
 def projected_bytes(model, method: str, context_len: int, capacity: int | None, segment_len: int,

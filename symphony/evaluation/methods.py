@@ -22,7 +22,7 @@ def parse_lengths(text: str) -> list[int]:
             continue
         try:
             out.append(int(float(part[:-1]) * 1024) if part.endswith("k") else int(part))
-        except ValueError:
+        except (ValueError, OverflowError):  # not a number, or nan / inf
             raise SymphonyError(f"cannot read length '{part}'; use e.g. 4k,8k or 4096,8192") from None
     if not out or min(out) <= 0:
         raise SymphonyError("lengths must be positive token counts")

@@ -17,11 +17,10 @@ import torch
 from tqdm.auto import tqdm
 
 from symphony.errors import SymphonyError
-from symphony.evaluation.limits import default_memory_limit, projected_bytes
+from symphony.evaluation.limits import default_memory_limit, parse_memory_limit, projected_bytes
 from symphony.evaluation.results import ResultStore
-from symphony.io import read_json
+from symphony.io import atomic_savefig
 from symphony.needle import _KEYS, Needle, build_haystack, contains_answer, random_needle
-from symphony.planner import parse_size
 
 DEFAULT_LENGTHS = "1k,2k,4k,8k,16k,32k"
 DEFAULT_DEPTHS = ",".join(str(d) for d in range(0, 101, 10))
@@ -119,7 +118,7 @@ def memory_budget(text: str | None, device: torch.device) -> tuple[int, int]:
     """(limit on the process's total, bytes held now). An explicit --memory-limit is the total;
     the default (80% of what is free) is headroom on top of what is held already."""
     base = held_bytes(device)
-    limit = parse_size(text) if text else default_memory_limit(device) + base
+    limit = parse_memory_limit(text) if text else default_memory_limit(device) + base
     return limit, base
 
 
@@ -158,15 +157,13 @@ def fmt_len(n: int) -> str:
     return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
 
 
-def _settings_guard(path: Path, settings: dict[str, Any]) -> None:
+def _settings_guard(store: ResultStore, settings: dict[str, Any]) -> None:
     """A resumed run must measure the same thing as the run it continues."""
-    if not path.exists():
-        return
-    old = read_json(path).get("settings")
+    old = store.previous.get("settings")
     if old is None or old == settings:
         return
     diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-    raise SymphonyError(f"{path} was made with different settings ({', '.join(diff)}); "
+    raise SymphonyError(f"{store.path} was made with different settings ({', '.join(diff)}); "
                         "resume with the same options, or choose another --out")
 
 
@@ -188,7 +185,8 @@ def run_needle(cfg, methods: list[str], out: Path, resume: bool = False, memory_
     if not 0 <= distractors <= MAX_DISTRACTORS:
         raise SymphonyError(f"--distractors must be between 0 and {MAX_DISTRACTORS}; got {distractors}")
     path = Path(out) / "needle.json"
-    store = ResultStore(path, key_fields=("method", "context_len", "depth", "trial"), meta={}, resume=resume)
+    store = ResultStore(path, key_fields=("method", "context_len", "depth", "trial"), meta={}, resume=resume,
+                        sections=("settings",))
 
     corpus = load_text(haystack) if haystack else builtin_text()
     settings = {
@@ -200,7 +198,7 @@ def run_needle(cfg, methods: list[str], out: Path, resume: bool = False, memory_
         # the method is per row, so the configured default policy does not matter
         "cache": {k: v for k, v in vars(cfg.cache).items() if k != "policy"},
     }
-    _settings_guard(path, settings)
+    _settings_guard(store, settings)
 
     base_engine = engine_from_config(cfg, progress=False)
     model, tok = base_engine.model, base_engine.tokenizer
@@ -345,7 +343,7 @@ def plot_heatmap(rows: list[dict], method: str, path: str | Path, model_name: st
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="accuracy")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    try:
+        return atomic_savefig(fig, path, dpi=120)
+    finally:
+        plt.close(fig)

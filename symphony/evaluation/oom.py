@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from symphony.errors import SymphonyError
+from symphony.io import atomic_savefig
 from symphony.report import fmt_bytes
 
 MB = 1 << 20
@@ -164,17 +165,11 @@ def _row(method: str, length: int, status: str, **fields: Any) -> dict:
     return row
 
 
-def _check_resumable(path: Path, cfg) -> None:
-    from symphony.io import read_json
-
-    try:
-        old = read_json(path)
-    except (OSError, ValueError):
-        return  # ResultStore reports a corrupt file
-    old_cfg, new_cfg = old.get("config") or {}, cfg.to_dict()
+def _check_resumable(store, cfg) -> None:
+    old_cfg, new_cfg = store.previous.get("config") or {}, cfg.to_dict()
     diff = [k for k in _CONFIG_KEYS if k in old_cfg and old_cfg[k] != new_cfg[k]]
     if diff:
-        raise SymphonyError(f"{path} was measured with a different config ({', '.join(diff)} differ: model "
+        raise SymphonyError(f"{store.path} was measured with a different config ({', '.join(diff)} differ: model "
                             f"{old_cfg.get('model', {}).get('name')!r}); resume it with the same config or"
                             " choose another --out")
 
@@ -193,11 +188,11 @@ def run_oom(cfg, lengths: list[int], methods: list[str], out: Path, resume: bool
     limit = resolve_memory_limit(memory_limit, facts.device) if memory_limit or facts.device.type != "cuda" \
         else default_cuda_limit(facts.device)
     path = out / "oom.json"
-    if resume and path.exists():
-        _check_resumable(path, cfg)
     meta = {"model": cfg.model.name, "config": cfg.to_dict(), "memory_limit": limit, "device": str(facts.device),
             "decode_tokens": decode_tokens, "time_limit": time_limit, "kv_bytes_per_token": facts.kv_per_token}
-    store = ResultStore(path, key_fields=("method", "context_len"), meta=meta, resume=resume)
+    store = ResultStore(path, key_fields=("method", "context_len"), meta=meta, resume=resume,
+                        sections=("config",))
+    _check_resumable(store, cfg)
     cells = [(n, m) for n in lengths for m in methods]
     bar = tqdm(cells, desc="oom", unit="cell", disable=not progress, dynamic_ncols=True)
     for length, method in bar:
@@ -349,7 +344,4 @@ def plot_oom(rows: list[dict], path: str | Path, memory_limit: int | None = None
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return atomic_savefig(fig, path, dpi=110)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import functools
-from pathlib import Path
+import math
 
 import click
 
@@ -24,12 +24,23 @@ def eval_options(default_out: str):
         @checkpoint_option
         @functools.wraps(fn)
         def wrapper(*args, methods, out, resume, memory_limit, **kwargs):
+            from symphony.evaluation.limits import parse_memory_limit
             from symphony.evaluation.methods import parse_methods
+            from symphony.io import ensure_writable_dir
 
-            Path(out).mkdir(parents=True, exist_ok=True)
-            return fn(*args, methods=parse_methods(methods), out=Path(out), resume=resume,
-                      memory_limit=memory_limit, **kwargs)
+            methods = parse_methods(methods)
+            if memory_limit is not None:
+                parse_memory_limit(memory_limit)
+            out = ensure_writable_dir(out, "--out")  # before any work: results must have somewhere to go
+            return fn(*args, methods=methods, out=out, resume=resume, memory_limit=memory_limit, **kwargs)
 
         return wrapper
 
     return deco
+
+
+def positive_finite(ctx, param, value):
+    """click callback for a float option that must be positive and finite (FloatRange lets nan and inf through)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"must be a positive, finite number, got {value}")
+    return value

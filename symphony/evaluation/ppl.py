@@ -24,7 +24,7 @@ from symphony.errors import SymphonyError
 from symphony.evaluation.limits import projected_bytes
 from symphony.evaluation.needle import _settings_guard, memory_budget
 from symphony.evaluation.results import ResultStore
-from symphony.io import read_json
+from symphony.io import atomic_savefig
 
 
 # -- tokens ------------------------------------------------------------------------------------------
@@ -133,7 +133,8 @@ def run_ppl(cfg, methods: list[str], out: Path, resume: bool = False, memory_lim
     if bucket < 1:
         raise SymphonyError("--bucket must be at least 1")
     path = Path(out) / "ppl.json"
-    store = ResultStore(path, key_fields=("method",), meta={}, resume=resume)
+    store = ResultStore(path, key_fields=("method",), meta={}, resume=resume,
+                        sections=("settings", "per_position"))
     source = text or dataset or "builtin"
     if dataset:
         body = load_text(dataset, split=split, text_field=text_field)
@@ -151,6 +152,8 @@ def run_ppl(cfg, methods: list[str], out: Path, resume: bool = False, memory_lim
     model_window = context_window(model.config)
     window = full_window or model_window or n
     stride = stride or max(window // 2, 1)
+    if "full" in methods and n > window and stride >= window:  # checked now, not after the other methods ran
+        raise SymphonyError(f"--stride {stride} must be less than full's window ({window} tokens); lower --stride")
     settings = {
         "model": cfg.model.name, "dtype": cfg.model.dtype, "source": source,
         "split": split if dataset else None, "tokens": n, "tokens_sha1": tokens_fingerprint(ids), "bucket": bucket,
@@ -159,10 +162,8 @@ def run_ppl(cfg, methods: list[str], out: Path, resume: bool = False, memory_lim
         **({} if cfg.memory.copy_head else {"copy_head": False}),  # ablation: trained copy head not mixed in
         "cache": {k: v for k, v in vars(cfg.cache).items() if k != "policy"},
     }
-    _settings_guard(path, settings)
-    per_position: dict[str, list[float]] = {}
-    if path.exists():
-        per_position.update(read_json(path).get("per_position", {}))
+    _settings_guard(store, settings)
+    per_position: dict[str, list[float]] = dict(store.previous.get("per_position") or {})
     device = base_engine.device
     kv_per_token = kv_bytes_per_token(model.config, model.dtype.itemsize)
     limit, base = memory_budget(memory_limit, device)
@@ -269,7 +270,7 @@ def plot_ppl(rows: list[dict], per_position: dict[str, list[float]], bucket: int
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    try:
+        return atomic_savefig(fig, path, dpi=120)
+    finally:
+        plt.close(fig)

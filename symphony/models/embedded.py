@@ -13,7 +13,7 @@ from pathlib import Path
 
 from symphony.config import symphony_home
 from symphony.errors import SymphonyError
-from symphony.io import atomic_replace_dir
+from symphony.io import atomic_replace_dir, ensure_writable_dir
 
 EMBEDDED_ALIASES = ("smollm2-135m", "smollm2-135m-instruct", "embedded")
 EMBEDDED_DIRNAME = "smollm2-135m-instruct"
@@ -46,6 +46,8 @@ def ensure_embedded_model(verbose: bool = True) -> Path:
     if is_converted(target):
         return target
     gguf = embedded_gguf_path()
+    # before the ~30 s conversion, not after it
+    ensure_writable_dir(target.parent, "SYMPHONY_HOME (set it to a writable folder)")
     if verbose:
         print(f"[symphony] converting the embedded model {gguf.name} to safetensors in {target} (once, ~30 s)")
     convert_gguf(gguf, target)
@@ -76,6 +78,9 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
         tokenizer.save_pretrained(tmp)
         (tmp / _DONE_MARKER).write_text(f"converted from {gguf}\n")
         atomic_replace_dir(tmp, target)
+    except OSError as e:  # a disk that fills up during the ~500 MB write
+        raise SymphonyError(f"cannot write the converted model to {target.parent} ({e.strerror or e}); free some"
+                            " space there or set SYMPHONY_HOME to another folder") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
