@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from symphony.io import atomic_savefig
+
 
 def plot_losses(metrics_path: Path, out: Path, title: str) -> Path | None:
     rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
@@ -25,8 +27,7 @@ def plot_losses(metrics_path: Path, out: Path, title: str) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    try:
+        return atomic_savefig(fig, out, dpi=110)
+    finally:
+        plt.close(fig)
