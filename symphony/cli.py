@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 
@@ -9,6 +10,8 @@ import click
 
 from symphony.cli_options import checkpoint_option, config_options
 from symphony.errors import SymphonyError
+
+MIN_DEMO_LENGTH = 256  # room for the planted facts and some document around them
 
 
 def _quiet_libraries() -> None:
@@ -179,10 +182,23 @@ def _task_option(fn):
                              "with memory.persistent_tokens > 0 and memory.num_tasks > N).")(fn)
 
 
+class FiniteFloatRange(click.FloatRange):
+    """A FloatRange that also refuses nan and inf (nan passes every comparison)."""
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value} is not a finite number.", param, ctx)
+        return value
+
+
 def _sampling_options(fn):
-    fn = click.option("--max-new-tokens", default=256, show_default=True, help="Longest reply, in tokens.")(fn)
-    fn = click.option("--temperature", default=0.0, show_default=True, help="0 = greedy decoding.")(fn)
-    fn = click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling threshold.")(fn)
+    fn = click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+                      help="Longest reply, in tokens.")(fn)
+    fn = click.option("--temperature", type=FiniteFloatRange(min=0.0), default=0.0, show_default=True,
+                      help="0 = greedy decoding.")(fn)
+    fn = click.option("--top-p", type=FiniteFloatRange(min=0.0, max=1.0, min_open=True), default=1.0,
+                      show_default=True, help="Nucleus sampling threshold, in (0, 1].")(fn)
     fn = click.option("--policy", type=click.Choice(["symphony", "sinks", "full"]), default=None,
                       help="Cache policy (default: cache.policy from the config).")(fn)
     return checkpoint_option(fn)
@@ -213,6 +229,9 @@ def generate(cfg, file, prompt, max_new_tokens, temperature, top_p, policy, task
     """Stream a document of any length through the bounded cache, then answer PROMPT about it."""
     from symphony.engine import ChatSession, engine_from_config
 
+    if not prompt.strip():
+        raise SymphonyError("--prompt is empty; say what to do with the document, e.g. -p \"Summarise it.\"")
+
     engine = engine_from_config(cfg, policy=policy, progress=True)
     session = ChatSession(engine, task_id=task_id)
     session.preload(file)
@@ -221,6 +240,15 @@ def generate(cfg, file, prompt, max_new_tokens, temperature, top_p, policy, task
                 temperature=temperature, top_p=top_p)
     click.echo()
     click.echo(_status_line(session), err=True)
+
+
+def _utf8(stream):
+    """Read a text stream as UTF-8 whatever the locale says (turns are UTF-8 like every file we read)."""
+    try:
+        stream.reconfigure(encoding="utf-8")
+    except (AttributeError, ValueError):  # not a TextIOWrapper, or already read from
+        pass
+    return stream
 
 
 @main.command()
@@ -242,14 +270,19 @@ def chat(cfg, file, script, max_new_tokens, temperature, top_p, policy, task_id)
     if file:
         session.preload(file)
     interactive = script is None and sys.stdin.isatty()
-    lines = open(script, encoding="utf-8") if script else sys.stdin
+    lines = open(script, encoding="utf-8") if script else _utf8(sys.stdin)
+    source = script or "standard input"
     if interactive:
         click.echo(f"symphony chat ({cfg.model.name}, policy {engine.policy}); /exit to leave")
     try:
         while True:
             if interactive:
                 click.echo("you> ", nl=False)
-            line = lines.readline()
+            try:
+                line = lines.readline()
+            except UnicodeDecodeError as e:
+                raise SymphonyError(f"{source} is not UTF-8 text (byte {e.object[e.start:e.start + 1]!r}); "
+                                    "convert it, e.g. iconv -f latin1 -t utf-8") from None
             if not line:
                 break
             text = line.strip()
@@ -272,7 +305,8 @@ def chat(cfg, file, script, max_new_tokens, temperature, top_p, policy, task_id)
 
 @main.command()
 @config_options
-@click.option("--length", type=int, default=None, help="Document length in tokens (default: 1.5x the context window).")
+@click.option("--length", type=click.IntRange(min=MIN_DEMO_LENGTH), default=None,
+              help=f"Document length in tokens, at least {MIN_DEMO_LENGTH} (default: 1.5x the context window).")
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo(cfg, length, seed):
     """The main job: plant facts in a document 1.5x longer than the model's context window, stream it at

@@ -60,6 +60,7 @@ class CalibrationConfig:
 
 
 MEMORY_KINDS = ("none", "fhrr", "titans")
+MIN_TABLE_BITS, MAX_TABLE_BITS = 8, 30  # novelty table: 256 B .. 1 GiB of flags
 
 
 @dataclass
@@ -233,9 +234,16 @@ def load_config(name_or_path: str | None = None, overrides: list[str] | tuple[st
             )
         preset = name_or_path
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise SymphonyError(f"config file {path} is not UTF-8 text; save it as UTF-8 YAML") from None
     except yaml.YAMLError as e:
         raise SymphonyError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except OSError as e:
+        raise SymphonyError(f"cannot read config file {path}: {e.strerror or e}") from None
+    if not isinstance(data, dict):
+        raise SymphonyError(f"config file {path} must be a YAML mapping of sections (model:, cache:, ...); "
+                            f"it holds a {type(data).__name__}")
     data.setdefault("preset", preset)
     _apply(cfg, data)
     for item in overrides:
@@ -258,18 +266,34 @@ def validate(cfg: SymphonyConfig) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise SymphonyError(f"config key '{key}' must be one of {', '.join(allowed)}; got '{value}'")
-    c = cfg.cache
-    for key in ("sinks", "ledger", "window", "segment_len", "span_len", "recall_tokens", "recall_budget"):
-        if getattr(c, key) < 0 or (key in ("window", "segment_len", "span_len") and getattr(c, key) < 1):
-            raise SymphonyError(f"config key 'cache.{key}' must be positive; got {getattr(c, key)}")
-    m = cfg.memory
-    for key in ("heads", "holo_dim", "chunk_size", "titans_hidden"):
-        if getattr(m, key) < 0 or (key in ("holo_dim", "chunk_size") and getattr(m, key) < 1):
-            raise SymphonyError(f"config key 'memory.{key}' must be positive; got {getattr(m, key)}")
-    if m.persistent_tokens < 0:
-        raise SymphonyError(f"config key 'memory.persistent_tokens' must be 0 (off) or more; got {m.persistent_tokens}")
-    if m.num_tasks < 1:
-        raise SymphonyError(f"config key 'memory.num_tasks' must be at least 1; got {m.num_tasks}")
+    # (section, smallest allowed value, keys): counts that a zero or negative value would break later
+    minimums = (
+        ("cache", 0, ("sinks", "ledger", "recall_tokens", "recall_budget")),
+        ("cache", 1, ("window", "segment_len", "span_len")),
+        ("salience", 0, ("smooth_radius",)),
+        ("salience", 1, ("ngram",)),
+        ("calibration", 1, ("tokens", "segment_len")),
+        ("memory", 0, ("heads", "titans_hidden", "persistent_tokens")),
+        ("memory", 1, ("holo_dim", "chunk_size", "num_tasks", "titans_pages")),
+        ("data", 0, ("distractors",)),
+        ("data", 1, ("train_samples", "dev_samples")),
+        ("train", 0, ("max_steps", "dev_every")),
+        ("train", 1, ("phase4_steps", "phase5_steps", "phase6_steps", "phase7_steps", "batch_size", "grad_accum",
+                      "tbptt_segments", "checkpoint_every")),
+    )
+    for section, least, keys in minimums:
+        for key in keys:
+            value = getattr(getattr(cfg, section), key)
+            if value < least:
+                what = "positive or 0" if least == 0 else "positive" if least == 1 else f"at least {least}"
+                raise SymphonyError(f"config key '{section}.{key}' must be {what}; got {value}")
+    c, m, s = cfg.cache, cfg.memory, cfg.salience
+    if not MIN_TABLE_BITS <= s.novelty_table_bits <= MAX_TABLE_BITS:  # the table holds 2**bits flags
+        raise SymphonyError(f"config key 'salience.novelty_table_bits' must be between {MIN_TABLE_BITS} and "
+                            f"{MAX_TABLE_BITS} (a table of 2**bits entries); got {s.novelty_table_bits}")
+    for key in ("surprisal_weight", "novelty_weight"):
+        if not math.isfinite(getattr(s, key)):
+            raise SymphonyError(f"config key 'salience.{key}' must be a finite number; got {getattr(s, key)}")
     if not math.isfinite(m.gate_init):
         raise SymphonyError(f"config key 'memory.gate_init' must be a finite number; got {m.gate_init}")
     if not 0 <= c.recall_min_gain <= 1:
@@ -282,9 +306,6 @@ def validate(cfg: SymphonyConfig) -> None:
         parse_int_list(getattr(cfg.data, key), f"data.{key}")
     parse_int_list(cfg.train.curriculum, "train.curriculum")
     t = cfg.train
-    for key in ("batch_size", "grad_accum", "tbptt_segments", "checkpoint_every"):
-        if getattr(t, key) < 1:
-            raise SymphonyError(f"config key 'train.{key}' must be at least 1; got {getattr(t, key)}")
     if not (t.lr > 0 and math.isfinite(t.lr)):
         raise SymphonyError(f"config key 'train.lr' must be a positive number; got {t.lr}")
 

@@ -5,7 +5,9 @@ input is fed `segment_len` tokens at a time and the cache is compacted after eve
 """
 from __future__ import annotations
 
+import codecs
 import resource
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,8 @@ from symphony.memory import state_nbytes
 from symphony.memory.inject import adapters_off, memory_adapters, pointer_heads
 from symphony.memory.persistent import persistent_memory
 from symphony.memory.pointer import RouterScorer
+from symphony.models.compat import with_cache
+from symphony.models.info import check_cache_in_context
 from symphony.recall import RecallLedger
 from symphony.salience import RarityOracle, SalienceScorer
 
@@ -117,6 +121,8 @@ class StreamingEngine:
         self._adapters = memory_adapters(self.model) if mine else []
         self._pointer = pointer_heads(self.model) if mine else None
         self._persistent = persistent_memory(self.model) if mine else None
+        if self.policy != "full":  # positions must stay inside the trained context, persistent slots included
+            check_cache_in_context(self.cache_cfg, self.model.config, self.persistent_tokens)
 
     # -- streams -------------------------------------------------------------------------------
     @property
@@ -176,8 +182,8 @@ class StreamingEngine:
         dtype = w.dtype if w is not None and w.is_floating_point() else self.model.dtype  # what the table would give
         p = emb.shape[0]
         with self._memory_of(stream), torch.set_grad_enabled(self.grad_enabled):
-            self.model(inputs_embeds=emb.to(device=self.device, dtype=dtype)[None], past_key_values=stream.cache,
-                       use_cache=True, logits_to_keep=1)
+            embeds = emb.to(device=self.device, dtype=dtype)[None]
+            self.model(**with_cache(self.model, stream.cache, inputs_embeds=embeds, use_cache=True, logits_to_keep=1))
         stream.cache.positions[:p] = torch.arange(-p, 0)
         stream.cache.tokens_seen = 0
         stream.task_id, stream.persistent = task_id, p
@@ -217,8 +223,8 @@ class StreamingEngine:
         copying = self._copy_active() if mix_copy is None else mix_copy
         need_all = all_logits or stream.scorer is not None or copying
         with self._memory_of(stream):
-            out = self.model(input_ids=ids[None], past_key_values=stream.cache, use_cache=True,
-                             logits_to_keep=1, output_hidden_states=need_all)
+            out = self.model(**with_cache(self.model, stream.cache, input_ids=ids[None], use_cache=True,
+                                           logits_to_keep=1, output_hidden_states=need_all))
         last = out.logits[0, -1]
         hidden = out.hidden_states[-1][0] if need_all else None
         head_last = None
@@ -511,10 +517,15 @@ class ChatSession:
         return st
 
 
-def iter_text_file(path: str | Path, chunk_chars: int = 1 << 16) -> Iterator[str]:
-    """Yield a text file in pieces cut at whitespace, so no token is split between pieces."""
+def iter_text_file(path: str | Path, chunk_chars: int = 1 << 16,
+                   on_replaced: Callable[[str], None] | None = None) -> Iterator[str]:
+    """Yield a text file in pieces of about `chunk_chars`, cut at whitespace so no token is split between
+    pieces; text with no whitespace (minified code, CJK) is cut at the bound instead, so no piece ever holds
+    more than two blocks. Bytes that are not UTF-8 become U+FFFD, and `on_replaced` (default: a line on stderr)
+    hears about it once."""
     carry = ""
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8", errors=_COUNTED_REPLACE) as f:
+        before = _replaced[0]
         while True:
             block = f.read(chunk_chars)
             if not block:
@@ -522,12 +533,34 @@ def iter_text_file(path: str | Path, chunk_chars: int = 1 << 16) -> Iterator[str
             text = carry + block
             cut = max(text.rfind(" "), text.rfind("\n"))
             if cut <= 0:
-                carry = text
-                continue
+                if len(text) < 2 * chunk_chars:
+                    carry = text
+                    continue
+                cut = len(text)  # no whitespace for two blocks: the byte bound decides
             carry = text[cut:]
             yield text[:cut]
+        replaced = _replaced[0] - before
     if carry:
         yield carry
+    if replaced:
+        (on_replaced or _to_stderr)(f"note: {path} is not valid UTF-8; {replaced:,} undecodable byte(s) were read "
+                                    "as U+FFFD")
+
+
+def _to_stderr(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)
+
+
+_COUNTED_REPLACE = "symphony-counted-replace"
+_replaced = [0]  # undecodable bytes replaced so far, by any reader
+
+
+def _count_and_replace(err: UnicodeDecodeError) -> tuple[str, int]:
+    _replaced[0] += err.end - err.start
+    return "\ufffd", err.end
+
+
+codecs.register_error(_COUNTED_REPLACE, _count_and_replace)
 
 
 def engine_from_config(cfg, policy: str | None = None, progress: bool = True) -> StreamingEngine:

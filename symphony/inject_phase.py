@@ -22,6 +22,7 @@ from symphony.memory.inject import (
     ADAPTERS_FILE, adapter_parameters, count_trainable, inject, pointer_heads, reset_memory_states, save_adapters,
 )
 from symphony.models import freeze, load_model
+from symphony.models.compat import with_cache
 from symphony.runs import fingerprint, make_manifest, manifest_path, phase_dir, read_manifest
 
 VERIFY_TOKENS = 512  # at most this many calibration tokens are compared
@@ -44,7 +45,7 @@ def segment_logits(model, ids: list[int], segment_len: int, progress: bool = Fal
     starts = range(0, len(ids), segment_len)
     for s in tqdm(starts, desc=desc, unit="seg", disable=not progress):
         chunk = torch.tensor([ids[s:s + segment_len]], device=device)
-        out.append(model(input_ids=chunk, past_key_values=cache, use_cache=True).logits[0].cpu())
+        out.append(model(**with_cache(model, cache, input_ids=chunk, use_cache=True)).logits[0].cpu())
     return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from symphony.config import SymphonyConfig
-from symphony.models.info import context_window, kv_bytes_per_token
+from symphony.models.info import check_cache_in_context, context_window, kv_bytes_per_token
 from symphony.models.loading import load_config_only, resolve_device, resolve_dtype, resolve_source
 
 
@@ -32,10 +32,12 @@ def model_facts(cfg: SymphonyConfig) -> dict[str, str]:
         device = resolve_device(cfg.model.device)
     except Exception:  # info must work on a CPU machine for a CUDA preset
         device = torch.device("cpu")
-    dtype = resolve_dtype(cfg.model.dtype, device)
-    kv_dtype = torch.bfloat16 if cfg.model.quantization != "none" and dtype == torch.float32 else dtype
+    # quantisation shrinks the weights only: the KV cache keeps model.dtype (the non-quantised layers' dtype)
+    kv_dtype = resolve_dtype(cfg.model.dtype, device)
     per_token = kv_bytes_per_token(config, kv_dtype.itemsize)
     c = cfg.cache
+    if cfg.cache.policy != "full":
+        check_cache_in_context(c, config)
     slots = c.sinks + c.ledger + c.window + c.segment_len
     return {
         "model": cfg.model.name,

@@ -13,6 +13,7 @@ from symphony.cache import BoundedCache, RopeRotator, cache_nbytes
 from symphony.config import SalienceConfig, load_config
 from symphony.engine import StreamingEngine
 from symphony.models.info import kv_bytes_per_token
+from symphony.models.compat import with_cache
 from symphony.models.tiny import TINY_MODELS, byte_tokenizer, tiny_config, tiny_model
 from symphony.salience import NoveltyTable, RarityOracle, surprisal
 
@@ -47,8 +48,8 @@ def test_generate_with_bounded_cache_is_bit_equal_to_dynamic_cache(name):
     kw = dict(attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=24, min_new_tokens=24)
     bounded = BoundedCache.for_model(model, 4, 10000, 10000)
     assert bounded.rope is not None
-    out_bounded = model.generate(ids, past_key_values=bounded, **kw)
-    out_dynamic = model.generate(ids, past_key_values=DynamicCache(config=model.config), **kw)
+    out_bounded = model.generate(ids, **with_cache(model, bounded, **kw))
+    out_dynamic = model.generate(ids, **with_cache(model, DynamicCache(config=model.config), **kw))
     assert out_bounded.shape == (1, 48 + 24)
     assert torch.equal(out_bounded, out_dynamic)
     # the cache saw every token and never compacted (generate does not call compact)
@@ -64,7 +65,7 @@ def test_engine_under_budget_equals_full_cache(llama, tokenizer, policy):
     prompt = random_ids(150, seed=2)  # segment_len 64: segments of 64, 64, 22
     results = {}
     for p in (policy, "full"):
-        eng = engine(llama, tokenizer, p, ledger=100_000, window=1024)
+        eng = engine(llama, tokenizer, p, ledger=200, window=200)  # above the input, inside the 512-token context
         stream = eng.new_stream()
         seg_logits: list[torch.Tensor] = []
         eng.ingest(stream, prompt, on_segment=lambda st, chunk, logits: seg_logits.append(logits.clone()))
@@ -161,7 +162,7 @@ def test_compacted_cache_equals_fresh_prefill_of_kept_tokens(tokenizer):
 
     fresh = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(input_ids=cache.token_ids[None], past_key_values=fresh, use_cache=True)
+        model(**with_cache(model, fresh, input_ids=cache.token_ids[None], use_cache=True))
     torch.testing.assert_close(cache.layers[0].keys, fresh.layers[0].keys, rtol=0, atol=1e-5)
     torch.testing.assert_close(cache.layers[0].values, fresh.layers[0].values, rtol=0, atol=1e-5)
 

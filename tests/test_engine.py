@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from symphony.cli import main
 from symphony.config import load_config
 from symphony.engine import ChatSession, StreamingEngine, iter_text_file, sample
+from symphony.models.compat import with_cache
 from symphony.recall import RecallLedger
 
 
@@ -170,13 +171,12 @@ def test_smollm2_bounded_cache_with_large_budget_is_bit_equal(embedded_model_dir
     from symphony.corpus import builtin_text
     from symphony.engine import engine_from_config
 
-    cfg = load_config("smollm2-135m", ["cache.ledger=4096", "cache.window=4096", "cache.segment_len=128"])
+    cfg = load_config("smollm2-135m", ["cache.ledger=4000", "cache.window=4000", "cache.segment_len=128"])
     eng = engine_from_config(cfg, progress=False)
     m, tok = eng.model, eng.tokenizer
     ids = tok(builtin_text()[:2000], return_tensors="pt").input_ids[:, :300]
-    ref = m.generate(ids, max_new_tokens=12, do_sample=False, past_key_values=DynamicCache(config=m.config))
-    got = m.generate(ids, max_new_tokens=12, do_sample=False,
-                     past_key_values=BoundedCache.for_model(m, 4, 4096, 4096))
+    ref = m.generate(ids, **with_cache(m, DynamicCache(config=m.config), max_new_tokens=12, do_sample=False))
+    got = m.generate(ids, **with_cache(m, BoundedCache.for_model(m, 4, 4096, 4096), max_new_tokens=12, do_sample=False))
     assert torch.equal(ref, got)
     stream = eng.new_stream()
     eng.ingest(stream, ids[0])

@@ -60,10 +60,10 @@ def test_ppl_end_to_end(tmp_path):
 
 
 def test_bounded_caches_equal_full_when_the_text_fits(tmp_path):
-    """Cache budget (4,196 slots) above the text (400 tokens), text inside the model's window: nothing is
-    evicted, so every method scores every token from the same context."""
+    """Cache budget (444 slots, + a 64-token segment inside the 512-token context) above the text (400 tokens):
+    nothing is evicted, so every method scores every token from the same context."""
     out = tmp_path / "ppl"
-    res = invoke(BASE + ["--max-tokens", "400", "--bucket", "64", "--set", "cache.window=4096", "--out", str(out)])
+    res = invoke(BASE + ["--max-tokens", "400", "--bucket", "64", "--set", "cache.window=376", "--out", str(out)])
     assert res.exit_code == 0, res.output
     data = load(out)
     rows = {r["method"]: r for r in data["rows"]}

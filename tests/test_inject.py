@@ -19,6 +19,7 @@ from symphony.memory.inject import (
     memory_states, pointer_heads, remove_adapters, reset_memory_states, save_adapters, set_memory_states,
 )
 from symphony.memory.titans import TitansState
+from symphony.models.compat import with_cache
 from symphony.models.tiny import tiny_model
 from symphony.runs import manifest_path, read_manifest
 
@@ -43,7 +44,7 @@ def ids_for(n=80, seed=0):
 def stream_logits(model, ids, segment=32):
     """Logits of `ids` fed in segments through one cache, so the memory state carries between calls."""
     cache = DynamicCache(config=model.config)
-    return torch.cat([model(input_ids=ids[:, s:s + segment], past_key_values=cache, use_cache=True).logits
+    return torch.cat([model(**with_cache(model, cache, input_ids=ids[:, s:s + segment], use_cache=True)).logits
                       for s in range(0, ids.shape[1], segment)], dim=1)
 
 

@@ -11,10 +11,11 @@ from symphony.config import load_config
 from symphony.memory.inject import inject
 from symphony.memory.persistent import persistent_memory
 from symphony.model import SymphonyModel, SymphonyOutput, knowledge_slot_indices
+from symphony.models.compat import with_cache
 from symphony.models.tiny import tiny_model
 
 P = 4
-BIG = ["cache.ledger=1024", "cache.window=1024"]
+BIG = ["cache.ledger=100", "cache.window=140"]  # above every input here; + a 256-token segment fits 512 positions
 
 
 def ids_for(b, s, seed=0):
@@ -32,7 +33,7 @@ def symphony_model(*extra, persistent=0, tasks=1, seed=0):
 def hf_segment_logits(model, ids, seg):
     cache, out = DynamicCache(config=model.config), []
     for s in range(0, ids.numel(), seg):
-        out.append(model(input_ids=ids[None, s:s + seg], past_key_values=cache, use_cache=True).logits[0])
+        out.append(model(**with_cache(model, cache, input_ids=ids[None, s:s + seg], use_cache=True)).logits[0])
     return torch.cat(out)
 
 

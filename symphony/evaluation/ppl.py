@@ -25,6 +25,7 @@ from symphony.evaluation.limits import projected_bytes
 from symphony.evaluation.needle import _settings_guard, memory_budget
 from symphony.evaluation.results import ResultStore
 from symphony.io import atomic_savefig
+from symphony.models.compat import with_cache
 
 
 # -- tokens ------------------------------------------------------------------------------------------
@@ -93,8 +94,8 @@ def strided_nll(model, ids: list[int], window: int, stride: int, segment_len: in
             ce = min(cs + segment_len, end)
             lo = max(cs, scored_to - 1)  # logits at positions [lo, hi) predict tokens [lo+1, hi+1)
             hi = min(ce, end - 1)  # the window's last position predicts a token outside it
-            out = model(input_ids=all_ids[None, cs:ce], past_key_values=cache, use_cache=True,
-                        logits_to_keep=max(ce - lo, 1))
+            out = model(**with_cache(model, cache, input_ids=all_ids[None, cs:ce], use_cache=True,
+                                      logits_to_keep=max(ce - lo, 1)))
             if hi > lo:
                 logits = out.logits[0, : hi - lo].float()
                 nll[lo:hi] = F.cross_entropy(logits, all_ids[lo + 1 : hi + 1], reduction="none").double().cpu()

@@ -52,3 +52,31 @@ def parameter_counts(model) -> dict[str, int]:
     total = sum(kinds.values())
     trainable = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad)
     return {"total": total, "trainable": trainable, **dict(sorted(kinds.items()))}
+
+
+def highest_position(cache_cfg, persistent: int = 0) -> int:
+    """Largest position id a bounded cache gives a token: slots run up to sinks + ledger + window (+ persistent
+    slots) before compaction, plus one segment fed on top."""
+    c = cache_cfg
+    return c.sinks + c.ledger + c.window + persistent + c.segment_len - 1
+
+
+def check_cache_in_context(cache_cfg, config, persistent: int = 0) -> None:
+    """Refuse a cache budget whose positions would run past the model's trained context (RoPE positions it never
+    saw make the output silently wrong)."""
+    from symphony.errors import SymphonyError
+
+    limit = context_window(config)
+    top = highest_position(cache_cfg, persistent)
+    if limit and top >= limit:
+        c, excess = cache_cfg, top - limit + 1
+        if c.window > excess:
+            fix = f"e.g. --set cache.window={c.window - excess}"
+        elif c.ledger >= excess:
+            fix = f"e.g. --set cache.ledger={c.ledger - excess}"
+        else:
+            fix = f"sinks + ledger + window + segment_len must stay at or below {limit:,}"
+        raise SymphonyError(
+            f"the cache budget reaches position {top:,} (sinks {c.sinks} + ledger {c.ledger} + window {c.window}"
+            + (f" + persistent {persistent}" if persistent else "") + f" + segment_len {c.segment_len}), past the"
+            f" model's {limit:,}-token context; lower it: {fix}")

@@ -112,6 +112,17 @@ def load_config_only(source: ModelSource, trust_remote_code: bool = False):
         if source.kind == "hub":
             return _hub_config_online(source, trust_remote_code, e)
         raise SymphonyError(f"cannot read the model config at {source.location}: {str(e).splitlines()[0]}") from None
+    except (ValueError, KeyError, RuntimeError, EOFError) as e:  # what the config and GGUF readers raise on bad bytes
+        raise _damaged(source, e) from None
+
+
+def _damaged(source: ModelSource, e: Exception) -> SymphonyError:
+    """One line for model files that exist but cannot be read (truncated download, corrupt GGUF)."""
+    where = source.location + (f"/{source.gguf_file}" if source.gguf_file else "")
+    why = (str(e).splitlines() or [""])[0][:160] or type(e).__name__
+    fix = (f"delete {source.location} and run again (it is converted anew)" if source.kind == "embedded"
+           else "download or convert it again")
+    return SymphonyError(f"the model files at {where} are damaged or not a model ({why}); {fix}")
 
 
 def _offline() -> bool:
@@ -156,6 +167,11 @@ def _hub_config_online(source: ModelSource, trust_remote_code: bool, first_error
         raise SymphonyError(f"cannot reach the hub for '{source.location}' ({msg[:120]}); {NO_NETWORK}") from None
 
 
+# exception types the weight readers raise on truncated or corrupt files (by name: their modules are optional)
+_DAMAGED_FILE_ERRORS = {"SafetensorError", "HeaderTooLarge", "ValueError", "EOFError", "UnpicklingError", "KeyError",
+                        "RuntimeError"}
+
+
 def load_model(spec: ModelConfig, seed: int = 0) -> LoadedModel:
     """Load model + tokenizer, eval mode, on the requested device/dtype/quantisation."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -192,6 +208,10 @@ def load_model(spec: ModelConfig, seed: int = 0) -> LoadedModel:
         raise SymphonyError(f"cannot load the model at {source.location}: {str(e).splitlines()[0]}") from None
     except ImportError as e:
         raise SymphonyError(f"missing package for this model: {e}") from None
+    except Exception as e:  # noqa: BLE001 - safetensors, gguf and torch each raise their own types on bad bytes
+        if isinstance(e, SymphonyError) or type(e).__name__ not in _DAMAGED_FILE_ERRORS:
+            raise
+        raise _damaged(source, e) from None
     if spec.quantization == "none":
         model = model.to(device)
     return LoadedModel(model.eval(), tokenizer, source, device, dtype)
