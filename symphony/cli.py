@@ -10,6 +10,7 @@ import click
 
 from symphony.cli_options import checkpoint_option, config_options
 from symphony.errors import SymphonyError
+from symphony.io import ensure_writable_dir
 
 MIN_DEMO_LENGTH = 256  # room for the planted facts and some document around them
 
@@ -82,6 +83,7 @@ def run_phase(phase, cfg, run_dir, force):
     6 calibrate curriculum over growing lengths
     7 finetune  joint fine-tuning; export DIR/final
     """
+    ensure_writable_dir(run_dir, what="--run-dir")
     _run_one_phase(phase, cfg, run_dir, force)
 
 
@@ -134,6 +136,7 @@ def pipeline(cfg, run_dir, first, last, force):
 
     if first > last:
         raise SymphonyError(f"--from {first} is after --to {last}")
+    ensure_writable_dir(run_dir, what="--run-dir")
     t0 = time.perf_counter()
     for phase in range(first, last + 1):
         _run_one_phase(phase, cfg, run_dir, force)

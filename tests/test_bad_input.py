@@ -237,3 +237,21 @@ def test_generate_run_emits_no_future_warning(doc):
         session.preload(doc)
         session.say("What is kept?", 4)
     assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
+
+
+# ---- output locations are checked before any work ----------------------------------------------------
+
+@pytest.mark.parametrize("command", [["run-phase", "1"], ["pipeline"]])
+def test_unwritable_run_dir_fails_before_work(tmp_path, monkeypatch, command):
+    import symphony.models
+    import symphony.models.loading
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the run directory was checked")
+
+    for module in (symphony.models, symphony.models.loading):
+        monkeypatch.setattr(module, "load_model", no_model)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    line = one_line_error(invoke(*command, "-c", "tiny", "-r", blocker / "run"))
+    assert "cannot write to" in line and "--run-dir" in line
