@@ -5,10 +5,9 @@ from pathlib import Path
 
 from symphony.calibration import calibration_stats
 from symphony.config import SymphonyConfig
-from symphony.errors import SymphonyError
 from symphony.models import freeze, load_model, parameter_counts
 from symphony.models.info import context_window, kv_bytes_per_token
-from symphony.runs import fingerprint, manifest_path, read_manifest, write_manifest
+from symphony.runs import fingerprint, made_otherwise, manifest_path, read_manifest, write_manifest
 
 
 def phase1_fingerprint(cfg: SymphonyConfig) -> str:
@@ -19,13 +18,10 @@ def phase1_fingerprint(cfg: SymphonyConfig) -> str:
 def run_freeze(cfg: SymphonyConfig, run_dir: str | Path, force: bool = False, progress: bool = True) -> dict:
     fp = phase1_fingerprint(cfg)
     if manifest_path(run_dir, 1).is_file() and not force:
-        old = read_manifest(run_dir, 1)
+        old = read_manifest(run_dir, 1, config=cfg)
         if old.get("fingerprint") == fp:
             return {**old, "status": "up-to-date"}
-        raise SymphonyError(
-            f"{manifest_path(run_dir, 1)} was made with a different model/calibration config; "
-            "use another --run-dir, or --force to redo phase 1 here"
-        )
+        raise made_otherwise(run_dir, 1, "a different model/calibration config", cfg)
     loaded = load_model(cfg.model, seed=cfg.seed)
     model = loaded.model
     n_frozen = freeze(model)

@@ -23,7 +23,9 @@ from symphony.memory.inject import (
 )
 from symphony.models import freeze, load_model
 from symphony.models.compat import with_cache
-from symphony.runs import fingerprint, make_manifest, manifest_path, phase_dir, read_manifest
+from symphony.runs import (
+    fingerprint, made_otherwise, make_manifest, manifest_path, phase_command, phase_dir, read_manifest, staged_dir,
+)
 
 VERIFY_TOKENS = 512  # at most this many calibration tokens are compared
 VERIFY_SEGMENT = 256  # at most this many per forward: the memory state carries across segments
@@ -57,23 +59,20 @@ def compare_logits(base: list[torch.Tensor], other: list[torch.Tensor]) -> tuple
 
 
 def run_inject(cfg: SymphonyConfig, run_dir: str | Path, force: bool = False, progress: bool = True) -> dict:
-    phase1 = read_manifest(run_dir, 1, needed_by=2)
+    phase1 = read_manifest(run_dir, 1, needed_by=2, config=cfg)
     if phase1.get("fingerprint") != phase1_fingerprint(cfg):
         raise SymphonyError(
             f"phase 1 in {run_dir} was made with a different model/calibration config than this one; use the"
-            f" same -c/--set options as phase 1, or redo it: symphony run-phase 1 --run-dir {run_dir} --force"
+            f" same -c/--set options as phase 1, or redo it: {phase_command(run_dir, 1, cfg, force=True)}"
         )
     fp = phase2_fingerprint(cfg)
     out_dir = phase_dir(run_dir, 2)
     if manifest_path(run_dir, 2).is_file() and not force:
-        old = read_manifest(run_dir, 2)
+        old = read_manifest(run_dir, 2, config=cfg)
         if old.get("fingerprint") == fp and (out_dir / ADAPTERS_FILE).is_file():
             return {**old, "status": "up-to-date"}
         if old.get("fingerprint") != fp:
-            raise SymphonyError(
-                f"{manifest_path(run_dir, 2)} was made with a different memory/model config; "
-                "use another --run-dir, or --force to redo phase 2 here"
-            )
+            raise made_otherwise(run_dir, 2, "a different memory/model config", cfg)
     if cfg.memory.gate_init != 0.0:
         raise SymphonyError(
             f"phase 2 attaches adapters with a zero gate and proves the model unchanged; "
@@ -132,6 +131,7 @@ def run_inject(cfg: SymphonyConfig, run_dir: str | Path, force: bool = False, pr
         "logits_equal": equal,
         "max_abs_diff": max_diff,
     }
-    save_adapters(model, out_dir, make_manifest(2, body))
+    with staged_dir(out_dir) as stage:  # a failed redo leaves the previous phase 2 whole
+        save_adapters(model, stage, make_manifest(2, body))
     return {**read_manifest(run_dir, 2), "status": "written"}
 

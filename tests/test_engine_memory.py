@@ -20,7 +20,7 @@ WINDOW_ONLY = dict(sinks=0, ledger=0, window=32, segment_len=16, recall_tokens=0
 
 
 def injected(kind="fhrr", gate=1.0, *extra):
-    cfg = load_config("tiny", [f"memory.kind={kind}", *SMALL, *extra])
+    cfg = load_config("tiny", [f"memory.kind={kind}", "memory.pointer=false", *SMALL, *extra])
     model = tiny_model("tiny-llama", seed=0)
     inject(model, cfg.memory)
     with torch.no_grad():
@@ -229,7 +229,7 @@ def test_cli_checkpoint_changes_symphony_only(tmp_path):
     run = tmp_path / "run"
     invoke = lambda *a: CliRunner().invoke(main, [str(x) for x in a], catch_exceptions=False)  # noqa: E731
     assert invoke("run-phase", 1, "-c", "tiny", "-r", run).exit_code == 0
-    mem = [a for s in ["memory.kind=fhrr", *SMALL] for a in ("-s", s)]
+    mem = [a for s in ["memory.kind=fhrr", "memory.pointer=false", *SMALL] for a in ("-s", s)]
     r = invoke("run-phase", 2, "-c", "tiny", "-r", run, *mem)
     assert r.exit_code == 0, r.output
     cfg, model = injected("fhrr", 0.0)

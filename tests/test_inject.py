@@ -28,7 +28,7 @@ SMALL_ARGS = [a for s in SMALL for a in ("-s", s)]
 
 
 def mem_cfg(kind="fhrr", *extra):
-    return load_config("tiny", [f"memory.kind={kind}", *SMALL, *extra]).memory
+    return load_config("tiny", [f"memory.kind={kind}", "memory.pointer=false", *SMALL, *extra]).memory
 
 
 def fresh_model():
@@ -304,7 +304,7 @@ def test_phase2_refusals(tmp_path):
     with pytest.raises(SymphonyError, match="layer 7 does not exist"):
         run("memory.kind=fhrr", "memory.layers=7")
     # kind none is a valid (empty) injection: the baseline for later phases
-    m = run("memory.kind=none")
+    m = run("memory.kind=none", "memory.pointer=false")
     assert m["logits_equal"] is True and m["parameters"]["trainable"] == 0 and m["memory"]["adapters"] == 0
     assert json.loads((tmp_path / "phase2" / "manifest.json").read_text())["adapters"]["tensors"] == 0
 

@@ -23,7 +23,8 @@ def ids_for(b, s, seed=0):
 
 
 def symphony_model(*extra, persistent=0, tasks=1, seed=0):
-    cfg = load_config("tiny", [f"memory.persistent_tokens={persistent}", f"memory.num_tasks={tasks}", *extra])
+    cfg = load_config("tiny", ["memory.kind=none", "memory.pointer=false",  # persistent memory only
+                               f"memory.persistent_tokens={persistent}", f"memory.num_tasks={tasks}", *extra])
     model = tiny_model("tiny-llama", seed=seed)
     inject(model, cfg.memory)
     return SymphonyModel(model, None, cfg.cache, cfg.salience), model, cfg

@@ -19,7 +19,7 @@ P = 4
 
 
 def injected(*extra, gate=None):
-    cfg = load_config("tiny", [*SMALL, *extra])
+    cfg = load_config("tiny", ["memory.kind=none", "memory.pointer=false", *SMALL, *extra])  # persistent memory only
     model = tiny_model("tiny-llama", seed=0)
     inject(model, cfg.memory)
     if gate is not None:

@@ -106,7 +106,7 @@ def test_other_model_than_phase1_is_refused(run_dir):
 
 def test_too_short_length_is_a_clear_error(run_dir):
     with pytest.raises(SymphonyError, match="too short") as ei:
-        run3(load_config("tiny", ["data.lengths=64", "data.train_samples=6", "data.dev_samples=0"]), run_dir)
+        run3(load_config("tiny", ["data.lengths=64", "data.train_samples=6", "data.dev_samples=1"]), run_dir)
     assert "data.lengths" in str(ei.value)
     assert not manifest_path(run_dir, 3).exists()
     assert not (phase_dir(run_dir, 3) / "train").exists()

@@ -238,9 +238,10 @@ def test_plan_counts_memory_adapters_and_persistent_slots():
     persistent-memory tokens are part of the configured budget and reserved out of the suggested split."""
     from symphony.memory.inject import build_memory
 
-    base = plan_for(load_config("tiny"), "1GB")
+    no_pointer = "memory.pointer=false"  # the pointer heads' bytes are not part of this sum
+    base = plan_for(load_config("tiny", ["memory.kind=none", no_pointer]), "1GB")
     cfg = load_config("tiny", ["memory.kind=titans", "memory.layers=last:2", "memory.persistent_tokens=8",
-                               "memory.num_tasks=2"])
+                               "memory.num_tasks=2", no_pointer])
     report = plan_for(cfg, "1GB")
     mem = build_memory(cfg.memory, 64, 4)
     dim = report.config.hidden_size

@@ -130,8 +130,11 @@ def test_non_finite_loss_stops_loudly_with_the_last_checkpoint(tmp_path, prepare
             st.nll = float("nan")
         return st
     monkeypatch.setattr(loop, "stream_sample", poisoned)
-    with pytest.raises(SymphonyError, match=r"loss is nan at step 3; last good checkpoint: .*phase4.*train_state"):
+    stopped = r"loss is nan at step 3; last good checkpoint: .*phase4.*train_state"
+    with pytest.raises(SymphonyError, match=stopped) as ei:
         get_phase(4)(cfg_for("train.checkpoint_every=2"), run, progress=False)
+    assert f"run the phase again: symphony run-phase 4 --run-dir {run} -c tiny " in str(ei.value)
+    assert "--set train.lr=0.0015" in str(ei.value)  # tiny's 0.003, halved
     assert not (run / "phase4" / "manifest.json").exists()
 
 
@@ -146,7 +149,7 @@ def test_changed_settings_need_force(tmp_path, prepared):
 
 def test_nothing_to_train_is_skipped_not_faked(tmp_path):
     run = tmp_path / "run"
-    cfg = load_config("tiny", ["memory.kind=fhrr", "memory.holo_dim=32"])  # no pointer heads
+    cfg = load_config("tiny", ["memory.kind=fhrr", "memory.holo_dim=32", "memory.pointer=false"])  # no pointer heads
     for n in (1, 2, 3, 4):
         get_phase(n)(cfg, run, progress=False)
     out = get_phase(5)(cfg, run, progress=False)

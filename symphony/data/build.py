@@ -1,9 +1,9 @@
 """Phase 3 logic: build the train/dev datasets (Hugging Face `datasets` Arrow) and the manifest.
 
-Layout: DIR/phase3/train/ and DIR/phase3/dev/ (`Dataset.save_to_disk`), then DIR/phase3/manifest.json,
-written last: its presence means both splits are complete. Samples are deterministic by `seed`:
-sample i of a split draws from its own generator (seeded by split, seed and i); kinds cycle through
-`data.tasks` and lengths through `data.lengths` (see `sample_plan`).
+Layout: DIR/phase3/train/ and DIR/phase3/dev/ (`Dataset.save_to_disk`) and DIR/phase3/manifest.json, built
+aside and moved into place together: a manifest always describes the splits beside it. Samples are
+deterministic by `seed`: sample i of a split draws from its own generator (seeded by split, seed and i);
+kinds cycle through `data.tasks` and lengths through `data.lengths` (see `sample_plan`).
 Train and dev take their text from disjoint regions of the corpus (dev: the tail), so no dev
 haystack overlaps a train one.
 """
@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import random
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Iterator
@@ -24,8 +22,9 @@ from symphony.config import ModelConfig, SymphonyConfig, parse_int_list, parse_l
 from symphony.corpus import load_text
 from symphony.data.tasks import MAX_MULTIKEY_DISTRACTORS, Sample, TaskBuilder, corpus_words
 from symphony.errors import SymphonyError
-from symphony.io import atomic_replace_dir
-from symphony.runs import fingerprint, manifest_path, phase_dir, read_manifest, write_manifest
+from symphony.runs import (
+    fingerprint, made_otherwise, manifest_path, phase_command, phase_dir, read_manifest, staged_dir, write_manifest,
+)
 
 PHASE = 3
 DATA_VERSION = 1  # bump when the sample format changes: old datasets then need --force
@@ -106,7 +105,7 @@ def check_phase1_model(cfg: SymphonyConfig, phase1: dict, run_dir) -> ModelConfi
     if diff:
         raise SymphonyError(
             f"phase 1 in {run_dir} was made with another model config ({'; '.join(diff)}); use the same -c/--set"
-            f" options as phase 1, or redo it: symphony run-phase 1 --run-dir {run_dir} --force"
+            f" options as phase 1, or redo it: {phase_command(run_dir, 1, cfg, force=True)}"
         )
     return ModelConfig(**{k: recorded[k] for k in mine if k in recorded})
 
@@ -146,17 +145,14 @@ def write_split(samples: Iterator[Sample], tmp: Path, split: str, bar) -> dict:
 
 def build_dataset(cfg: SymphonyConfig, run_dir: str | Path, force: bool = False, progress: bool = True) -> dict:
     tasks, lengths = check_data_config(cfg)
-    phase1 = read_manifest(run_dir, 1, needed_by=PHASE)
+    phase1 = read_manifest(run_dir, 1, needed_by=PHASE, config=cfg)
     model_cfg = check_phase1_model(cfg, phase1, run_dir)
     fp = phase3_fingerprint(cfg, str(phase1.get("fingerprint")))
     out = phase_dir(run_dir, PHASE)
     if manifest_path(run_dir, PHASE).is_file() and not force:
-        old = read_manifest(run_dir, PHASE)
+        old = read_manifest(run_dir, PHASE, config=cfg)
         if old.get("fingerprint") != fp:
-            raise SymphonyError(
-                f"{manifest_path(run_dir, PHASE)} was made with a different data/model config; "
-                "use another --run-dir, or --force to redo phase 3 here"
-            )
+            raise made_otherwise(run_dir, PHASE, "a different data/model config", cfg)
         if all((out / s).is_dir() for s in SPLITS):
             return {**old, "status": "up-to-date"}
 
@@ -169,40 +165,30 @@ def build_dataset(cfg: SymphonyConfig, run_dir: str | Path, force: bool = False,
     words = corpus_words(text)
     counts = {"train": cfg.data.train_samples, "dev": cfg.data.dev_samples}
 
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".build-*"):  # left by an interrupted build
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=out))
-    try:
+    # both splits and the manifest are built aside and replace DIR/phase3 at once: a failed or interrupted
+    # rebuild leaves the previous dataset whole, and a run dir never pairs a manifest with other splits
+    with staged_dir(out) as stage:
         splits = {}
         with tqdm(total=sum(counts.values()), desc="phase 3 dataset", unit="sample", disable=not progress) as bar:
             for split in SPLITS:
                 builder = TaskBuilder(tokenizer, regions[split], words)
                 samples = generate(builder, split, counts[split], cfg.seed, tasks, lengths, cfg.data.distractors)
-                splits[split] = write_split(samples, tmp, split, bar)
-        example = _example(tmp)
-        # the manifest is written last and removed first: a run dir never pairs it with other splits
-        manifest_path(run_dir, PHASE).unlink(missing_ok=True)
-        for split in SPLITS:
-            atomic_replace_dir(tmp / split, out / split)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-    body = {
-        "name": "dataset",
-        "fingerprint": fp,
-        "phase1_fingerprint": phase1.get("fingerprint"),
-        "config": cfg.to_dict(),
-        "data": {**dataclasses.asdict(cfg.data), "tasks": tasks, "lengths": lengths, "version": DATA_VERSION},
-        "seed": cfg.seed,
-        "tokenizer": {"model": model_cfg.name, "class": type(tokenizer).__name__, "vocab_size": len(tokenizer),
-                      "eos_token": tokenizer.eos_token, "corpus_tokens": len(ids),
-                      "region_tokens": {s: len(r) for s, r in regions.items()}},
-        "columns": list(COLUMNS),
-        "splits": splits,
-        "example": example,
-    }
-    write_manifest(run_dir, PHASE, body)
+                splits[split] = write_split(samples, stage, split, bar)
+        body = {
+            "name": "dataset",
+            "fingerprint": fp,
+            "phase1_fingerprint": phase1.get("fingerprint"),
+            "config": cfg.to_dict(),
+            "data": {**dataclasses.asdict(cfg.data), "tasks": tasks, "lengths": lengths, "version": DATA_VERSION},
+            "seed": cfg.seed,
+            "tokenizer": {"model": model_cfg.name, "class": type(tokenizer).__name__, "vocab_size": len(tokenizer),
+                          "eos_token": tokenizer.eos_token, "corpus_tokens": len(ids),
+                          "region_tokens": {s: len(r) for s, r in regions.items()}},
+            "columns": list(COLUMNS),
+            "splits": splits,
+            "example": _example(stage),
+        }
+        write_manifest(run_dir, PHASE, body, into=stage)
     return {**read_manifest(run_dir, PHASE), "status": "written"}
 
 
@@ -240,7 +226,7 @@ def load_split(run_dir: str | Path, split: str = "train", needed_by: int | None 
     if split not in SPLITS:
         raise SymphonyError(f"unknown dataset split '{split}'; choose {' or '.join(SPLITS)}")
     path = phase_dir(run_dir, PHASE) / split
-    command = f"symphony run-phase {PHASE} --run-dir {run_dir}"
+    command = phase_command(run_dir, PHASE)
     if not manifest_path(run_dir, PHASE).is_file() or not path.is_dir():
         who = f"phase {PHASE}'s {split} split"
         if needed_by:
@@ -252,8 +238,8 @@ def load_split(run_dir: str | Path, split: str = "train", needed_by: int | None 
         ds = load_from_disk(str(path))
     except Exception as e:  # datasets raises many types for a damaged directory
         raise SymphonyError(f"phase {PHASE}'s {split} split at {path} is corrupt ({type(e).__name__});"
-                            f" rebuild it: {command} --force") from None
+                            f" rebuild it: {phase_command(run_dir, PHASE, force=True)}") from None
     if not isinstance(ds, Dataset) or any(c not in ds.column_names for c in COLUMNS):
         raise SymphonyError(f"phase {PHASE}'s {split} split at {path} is not a phase 3 dataset;"
-                            f" rebuild it: {command} --force")
+                            f" rebuild it: {phase_command(run_dir, PHASE, force=True)}")
     return ds

@@ -242,11 +242,15 @@ def save_adapters(model: nn.Module, out_dir: str | Path, manifest: dict | None =
     return manifest
 
 
-def _rebuild_hint(out_dir: Path) -> str:
+def _rebuild_hint(out_dir: Path, force: bool = True) -> str:
+    """The command that rewrites an adapter directory of a run (phaseN/, or final/ from phase 7)."""
+    from symphony.runs import phase_command
+
     m = re.fullmatch(r"phase(\d)", out_dir.name)
-    if m:
-        return f"symphony run-phase {m.group(1)} --run-dir {out_dir.parent} --force"
-    return "re-run the phase that wrote it with --force (symphony run-phase N --run-dir DIR --force)"
+    phase = int(m.group(1)) if m else 7 if out_dir.name == "final" else None
+    if phase is not None:
+        return phase_command(out_dir.parent, phase, force=force)
+    return "re-run the phase that wrote it with --force (symphony run-phase N --run-dir DIR -c PRESET --force)"
 
 
 def _listing(keys: list[str], limit: int = 4) -> str:
@@ -260,24 +264,26 @@ def _read_checkpoint(out_dir: Path) -> tuple[dict[str, torch.Tensor], dict | Non
     from safetensors.torch import load_file
 
     path = out_dir / ADAPTERS_FILE
-    rebuild = _rebuild_hint(out_dir)
     if not path.is_file():
-        raise SymphonyError(f"no adapter checkpoint at {path}; build it: {rebuild.removesuffix(' --force')}")
+        raise SymphonyError(f"no adapter checkpoint at {path}; build it: {_rebuild_hint(out_dir, force=False)}")
     manifest = None
     mpath = out_dir / MANIFEST_FILE
     if mpath.is_file():
         try:
             manifest = read_json(mpath)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise SymphonyError(f"{mpath} is corrupt (not valid JSON); rebuild it: {rebuild}") from None
+            raise SymphonyError(f"{mpath} is corrupt (not valid JSON); rebuild it: "
+                                f"{_rebuild_hint(out_dir)}") from None
         expected = (manifest.get("adapters") or {}).get("sha256")
         if expected and _sha256(path) != expected:
-            raise SymphonyError(f"{path} is corrupt (its sha256 does not match {mpath}); rebuild it: {rebuild}")
+            raise SymphonyError(f"{path} is corrupt (its sha256 does not match {mpath}); rebuild it: "
+                                f"{_rebuild_hint(out_dir)}")
     try:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-        raise SymphonyError(f"{path} is corrupt or not a safetensors file ({reason}); rebuild it: {rebuild}") from None
+        raise SymphonyError(f"{path} is corrupt or not a safetensors file ({reason}); rebuild it: "
+                            f"{_rebuild_hint(out_dir)}") from None
     return tensors, manifest
 
 
@@ -321,13 +327,50 @@ def load_adapters(model: nn.Module, out_dir: str | Path) -> dict | None:
 CHECKPOINT_DIRS = ("final",) + tuple(f"phase{n}" for n in range(7, 1, -1))  # newest training output first
 
 
+def _stale(run: Path, sub: str) -> str | None:
+    """Why `run/sub` (final/ or the newest phaseN/) no longer holds what the run's phases make now, e.g. after an
+    earlier phase was redone with --force and the later ones were not; None when it does. Each trained phase
+    records the sha256 of the adapters it started from (runs made before it did are not checked)."""
+    from symphony.runs import phase_command, symphony_command
+
+    def manifest(name: str) -> dict | None:
+        try:
+            m = read_json(run / name / MANIFEST_FILE)
+        except (OSError, ValueError):
+            return None
+        return m if isinstance(m, dict) else None
+
+    def sha(m: dict | None) -> str | None:
+        return ((m or {}).get("adapters") or {}).get("sha256")
+
+    last = 7 if sub == "final" else int(sub.removeprefix("phase"))
+    if sub == "final":
+        phase7, final = manifest("phase7"), manifest("final")
+        if phase7 is not None and final is not None and sha(phase7) != sha(final):
+            return (f"{run / 'final'} does not hold {run / 'phase7'}'s adapters (phase 7 was redone after final/ was "
+                    f"exported); export it again: {phase_command(run, 7, force=True)}, or pass {run / 'phase7'}")
+    for n in range(last, 3, -1):
+        prev = n - 1 if n > 4 else 2
+        made_from, now = (manifest(f"phase{n}") or {}).get("from_sha256"), sha(manifest(f"phase{prev}"))
+        if made_from and now and made_from != now:
+            redo = symphony_command(["pipeline", "--from", str(n), *(["--to", str(last)] if last != 7 else [])],
+                                    run, force=True)
+            return (f"{run / sub} is stale: {run / f'phase{prev}'} was redone after phase {n} was trained from it; "
+                    f"redo phases {n}-{last}: {redo}, or pass {run / f'phase{prev}'} to use the redone phase")
+    return None
+
+
 def find_checkpoint(path: str | Path) -> Path:
-    """The adapter directory behind `path`: itself, or a run directory's final/ or newest phaseN/."""
+    """The adapter directory behind `path`: itself, or a run directory's final/ or newest phaseN/, refused when
+    a phase it was made from has been redone since (an adapter directory named directly is taken as is)."""
     p = Path(path).expanduser()
     if (p / ADAPTERS_FILE).is_file():
         return p
     for sub in CHECKPOINT_DIRS:
         if (p / sub / ADAPTERS_FILE).is_file():
+            stale = _stale(p, sub)
+            if stale:
+                raise SymphonyError(stale)
             return p / sub
     if not p.exists():
         raise SymphonyError(f"checkpoint {p} does not exist; pass a phase run's directory (made by "

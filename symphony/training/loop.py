@@ -9,9 +9,11 @@ wrapped in DDP: the engine calls it with a cache object, and only the small adap
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
+import shlex
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,10 +26,14 @@ from tqdm.auto import tqdm
 from symphony.errors import SymphonyError
 from symphony.io import atomic_replace_dir, atomic_write_bytes, atomic_write_json, read_json
 from symphony.memory.inject import ADAPTERS_FILE, adapter_state_dict
+from symphony.runs import phase_command
 from symphony.training.objective import stream_sample
 
 STATE_DIR = "train_state"  # DIR/phaseN/train_state: the resume point, removed when the phase completes
-METRICS_FILE = "metrics.jsonl"
+METRICS_FILE = "metrics.jsonl"  # a completed phase's per-step metrics
+# the metrics of a phase in training, beside its resume point; published as METRICS_FILE when the phase
+# completes, so a redo leaves the previous run's metrics with its manifest until then
+RUNNING_METRICS = "metrics.running.jsonl"
 
 
 @dataclass
@@ -102,6 +108,10 @@ def save_train_state(model, optimizer, out_dir: Path, step: int, fingerprint: st
     atomic_replace_dir(tmp, final)
 
 
+def _unusable(d: Path, why: str) -> SymphonyError:
+    return SymphonyError(f"the resume point {d} {why}; delete it to start the phase over: rm -r {shlex.quote(str(d))}")
+
+
 def load_train_state(model, optimizer, out_dir: Path, fingerprint: str) -> tuple[int, dict, dict | None]:
     """Resume point: (step, extra, best tensors) or (0, {}, None) when there is none for this fingerprint."""
     from safetensors.torch import load_file
@@ -115,20 +125,28 @@ def load_train_state(model, optimizer, out_dir: Path, fingerprint: str) -> tuple
             shutil.rmtree(d)  # made with other settings: start over rather than mix
             return 0, {}, None
         tensors = load_file(str(d / ADAPTERS_FILE))
-        opt = torch.load(d / "optimizer.pt", weights_only=False)
+        # a run directory is user input: weights_only unpickles tensors and plain containers only, so a
+        # crafted optimizer.pt is refused instead of running its code
+        opt = torch.load(d / "optimizer.pt", weights_only=True)
+        if not (isinstance(opt, dict) and isinstance(opt.get("optimizer"), dict)
+                and isinstance(opt.get("rng"), torch.Tensor)):
+            raise ValueError("unexpected contents")
+        step = int(state["step"])
+        best = load_file(str(d / "best.safetensors")) if (d / "best.safetensors").is_file() else None
     except Exception as e:  # noqa: BLE001 - any damage means the resume point is unusable
-        raise SymphonyError(f"the resume point {d} is corrupt ({type(e).__name__}); delete it to start the phase "
-                            f"over: rm -r {d}") from None
+        raise _unusable(d, f"is corrupt or unsafe ({type(e).__name__})") from None
     own = adapter_state_dict(model)
     if set(tensors) != set(own):
-        raise SymphonyError(f"the resume point {d} does not match this model's adapters; delete it: rm -r {d}")
-    with torch.no_grad():
-        for k, t in own.items():
-            t.copy_(tensors[k].to(t.dtype))
-    optimizer.load_state_dict(opt["optimizer"])
-    torch.set_rng_state(opt["rng"])
-    best = load_file(str(d / "best.safetensors")) if (d / "best.safetensors").is_file() else None
-    return int(state["step"]), state.get("extra") or {}, best
+        raise _unusable(d, "does not match this model's adapters")
+    try:
+        with torch.no_grad():
+            for k, t in own.items():
+                t.copy_(tensors[k].to(t.dtype))
+        optimizer.load_state_dict(opt["optimizer"])
+        torch.set_rng_state(opt["rng"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise _unusable(d, f"is corrupt ({type(e).__name__})") from None
+    return step, state.get("extra") or {}, best
 
 
 def _trim_metrics(path: Path, step: int) -> None:
@@ -157,7 +175,7 @@ def train_loop(cfg, engine, dataset, spec: LoopSpec, progress: bool = True,
     start, extra, best = load_train_state(model, optimizer, spec.out_dir, spec.fingerprint)
     if spec.keeper is not None and start:
         spec.keeper.restore(extra, best)
-    metrics_path = spec.out_dir / METRICS_FILE
+    metrics_path = spec.out_dir / RUNNING_METRICS
     if acc.is_main_process:
         spec.out_dir.mkdir(parents=True, exist_ok=True)
         _trim_metrics(metrics_path, start)
@@ -197,8 +215,12 @@ def train_loop(cfg, engine, dataset, spec: LoopSpec, progress: bool = True,
             loss = nll + (router if spec.use_router else 0.0)
             if not math.isfinite(loss) or any(p.grad is not None and not torch.isfinite(p.grad).all()
                                                for p in spec.params):
+                lower = copy.deepcopy(cfg)
+                lower.train.lr = float(f"{t.lr / 2:.3g}")
+                # another rate is another fingerprint: the rerun starts the phase over rather than resuming
                 raise SymphonyError(f"phase {spec.phase}: loss is {loss} at step {step + 1}; last good checkpoint: "
-                                    f"{last_good}. Lower train.lr (now {t.lr}) and rerun; it resumes from there")
+                                    f"{last_good}. Lower train.lr (now {t.lr}) and run the phase again: "
+                                    f"{phase_command(spec.out_dir.parent, spec.phase, lower)}")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(spec.params, t.max_grad_norm)) \
                 if t.max_grad_norm > 0 else float("nan")
             optimizer.step()
@@ -245,5 +267,14 @@ def wait_for_everyone() -> None:
         dist.barrier()
 
 
+def has_train_state(out_dir: Path, fingerprint: str) -> bool:
+    """Whether a resume point made with `fingerprint` is waiting in `out_dir`."""
+    try:
+        return read_json(out_dir / STATE_DIR / "state.json").get("fingerprint") == fingerprint
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def clear_train_state(out_dir: Path) -> None:
     shutil.rmtree(out_dir / STATE_DIR, ignore_errors=True)
+    (out_dir / RUNNING_METRICS).unlink(missing_ok=True)

@@ -8,11 +8,14 @@
                  and the persistent-memory task tokens
 
 Each phase starts from the previous phase's adapters (phase 4 from phase 2's), takes the memory config
-phase 2 recorded, and writes DIR/phaseN/{adapters.safetensors, manifest.json, metrics.jsonl}.
+phase 2 recorded, and writes DIR/phaseN/{adapters.safetensors, manifest.json, metrics.jsonl, loss.png}. A phase
+is built aside and replaces the previous DIR/phaseN (and phase 7 DIR/final) only once complete: a failed
+or interrupted redo (--force) leaves the previous result in place.
 """
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 
 import torch
@@ -23,10 +26,14 @@ from symphony.memory.inject import (
     ADAPTERS_FILE, adapter_state_dict, load_checkpoint, memory_adapters, pointer_heads, save_adapters,
 )
 from symphony.memory.persistent import PERSISTENT_ATTR, persistent_memory
-from symphony.runs import fingerprint, make_manifest, manifest_path, phase_dir, read_manifest
+from symphony.runs import (
+    fingerprint, made_otherwise, make_manifest, manifest_path, phase_command, phase_dir, read_manifest, staged_dir,
+    symphony_command,
+)
 from symphony.training.dev import dev_score, evaluate_dev
 from symphony.training.loop import (
-    LoopSpec, clear_train_state, epoch_sampler, is_main_process, train_loop, wait_for_everyone,
+    METRICS_FILE, RUNNING_METRICS, LoopSpec, clear_train_state, epoch_sampler, has_train_state, is_main_process,
+    train_loop, wait_for_everyone,
 )
 
 NAMES = {4: "coarse pre-training", 5: "HEP-DNA", 6: "long-range calibration", 7: "hybrid sparse fine-tuning"}
@@ -48,14 +55,24 @@ def effective_config(cfg: SymphonyConfig, run_dir: Path) -> SymphonyConfig:
     return out
 
 
-def _previous_adapters(run_dir: Path, phase: int) -> Path:
-    prev = phase - 1 if phase > 4 else 2
-    read_manifest(run_dir, prev, needed_by=phase)
+def previous_phase(phase: int) -> int:
+    """The phase whose adapters `phase` starts from (phase 4 starts from phase 2's injected ones)."""
+    return phase - 1 if phase > 4 else 2
+
+
+def _previous_adapters(run_dir: Path, phase: int, cfg: SymphonyConfig) -> Path:
+    prev = previous_phase(phase)
+    read_manifest(run_dir, prev, needed_by=phase, config=cfg)
     d = phase_dir(run_dir, prev)
     if not (d / ADAPTERS_FILE).is_file():
         raise SymphonyError(f"phase {phase} needs {d / ADAPTERS_FILE}, which is missing; redo: "
-                            f"symphony run-phase {prev} --run-dir {run_dir} --force")
+                            f"{phase_command(run_dir, prev, cfg, force=True)}")
     return d
+
+
+def adapters_sha256(manifest: dict) -> str | None:
+    """The sha256 of the adapters a phase manifest describes."""
+    return (manifest.get("adapters") or {}).get("sha256")
 
 
 def _calibrated(name: str) -> bool:
@@ -143,7 +160,7 @@ class BestKeeper:
 
 
 def phase_fingerprint(cfg: SymphonyConfig, run_dir: Path, phase: int) -> str:
-    prev = phase - 1 if phase > 4 else 2
+    prev = previous_phase(phase)
     d = cfg.to_dict()
     return fingerprint({"phase": phase, "prev": read_manifest(run_dir, prev).get("fingerprint"),
                         "data": read_manifest(run_dir, 3).get("fingerprint"), "train": d["train"],
@@ -157,22 +174,24 @@ def run_training_phase(cfg: SymphonyConfig, run_dir: str | Path, phase: int, for
     from symphony.models import freeze, load_model
 
     run_dir = Path(run_dir).expanduser()
-    read_manifest(run_dir, phase - 1, needed_by=phase)  # the immediate prerequisite is named first
-    read_manifest(run_dir, 3, needed_by=phase)
-    prev_dir = _previous_adapters(run_dir, phase)
+    read_manifest(run_dir, phase - 1, needed_by=phase, config=cfg)  # the immediate prerequisite is named first
+    read_manifest(run_dir, 3, needed_by=phase, config=cfg)
+    prev_dir = _previous_adapters(run_dir, phase, cfg)
     cfg = effective_config(cfg, run_dir)
     fp = phase_fingerprint(cfg, run_dir, phase)
+    # the weights it starts from: a redone earlier phase (even with the same settings) makes this one stale
+    from_sha = adapters_sha256(read_manifest(run_dir, previous_phase(phase)))
+    state_fp = fingerprint({"phase": fp, "from": from_sha})
     out_dir = phase_dir(run_dir, phase)
-    if manifest_path(run_dir, phase).is_file():
-        old = read_manifest(run_dir, phase)
-        if old.get("fingerprint") == fp and (out_dir / ADAPTERS_FILE).is_file() and not force:
-            return {**old, "status": "up-to-date"}
-        if old.get("fingerprint") != fp and not force:
-            raise SymphonyError(f"{manifest_path(run_dir, phase)} was made with other settings (or from other "
-                                f"earlier phases); pass --force to redo phase {phase}, or use another --run-dir")
-        manifest_path(run_dir, phase).unlink()  # from here on the phase is incomplete until its manifest is rewritten
     if force:
         clear_train_state(out_dir)
+    elif manifest_path(run_dir, phase).is_file():
+        old = read_manifest(run_dir, phase, config=cfg)
+        same = old.get("fingerprint") == fp and old.get("from_sha256", from_sha) == from_sha
+        if same and (out_dir / ADAPTERS_FILE).is_file():
+            return {**old, "status": "up-to-date"}
+        if not same and not has_train_state(out_dir, state_fp):  # (a redo in progress resumes)
+            raise made_otherwise(run_dir, phase, "other settings (or from other earlier phases)", cfg)
 
     train, dev = load_split(run_dir, "train"), load_split(run_dir, "dev")
     loaded = load_model(cfg.model, seed=cfg.seed)
@@ -191,12 +210,14 @@ def run_training_phase(cfg: SymphonyConfig, run_dir: str | Path, phase: int, for
     t = cfg.train
     cap = (lambda n: min(n, t.max_steps)) if t.max_steps > 0 else (lambda n: n)
     body: dict = {"name": NAMES[phase], "fingerprint": fp, "config": cfg.to_dict(), "from": str(prev_dir),
-                  "trainable_parameters": sum(p.numel() for p in params)}
+                  "from_sha256": from_sha, "trainable_parameters": sum(p.numel() for p in params)}
 
     if not params:
         why = "memory.kind is none" if phase == 4 else "memory.pointer is off" if phase == 5 else "no adapters"
         body.update(status="skipped", reason=f"nothing to train in phase {phase}: {why}")
-        save_adapters(model, out_dir, make_manifest(phase, body))
+        if is_main_process():
+            _publish(model, run_dir, phase, body)
+        wait_for_everyone()
         return {**read_manifest(run_dir, phase), "status": "skipped"}
 
     prev_manifest = read_manifest(run_dir, phase - 1)
@@ -222,7 +243,7 @@ def run_training_phase(cfg: SymphonyConfig, run_dir: str | Path, phase: int, for
     else:
         steps = cap(getattr(t, f"phase{phase}_steps"))
         sampler = epoch_sampler(_pool(train, phase), cfg.seed + phase)
-    spec = LoopSpec(phase, out_dir, params, steps, sampler, use_copy, use_router, fp, keeper=keeper,
+    spec = LoopSpec(phase, out_dir, params, steps, sampler, use_copy, use_router, state_fp, keeper=keeper,
                     on_step_end=keeper.on_step_end if keeper else None)
     summary = train_loop(cfg, engine, train, spec, progress=progress, on_step=on_step)
     if keeper is not None:
@@ -234,13 +255,48 @@ def run_training_phase(cfg: SymphonyConfig, run_dir: str | Path, phase: int, for
     if has_pointer:
         body["copy_gate_scale"] = round(heads.copy_head.gate_scale.item(), 6)
     if is_main_process():  # data-parallel runs: one process writes
-        from symphony.training.plots import plot_losses
-
-        plot_losses(out_dir / "metrics.jsonl", out_dir / "loss.png", f"phase {phase} ({NAMES[phase]})")
-        save_adapters(model, out_dir, make_manifest(phase, body))
-        if phase == 7:
-            save_adapters(model, run_dir / "final", make_manifest(phase, {**body, "name": "final"}))
-        clear_train_state(out_dir)
+        _publish(model, run_dir, phase, body, trained=True)
     wait_for_everyone()
     return {**read_manifest(run_dir, phase), "status": "written"}
 
+
+def _publish(model, run_dir: Path, phase: int, body: dict, trained: bool = False) -> None:
+    """Write DIR/phaseN (adapters, manifest; metrics and loss curve when `trained`) aside and swap it in,
+    which also drops the resume point; a trained phase 7 then exports DIR/final the same way."""
+    from symphony.training.plots import plot_losses
+
+    out_dir = phase_dir(run_dir, phase)
+    with staged_dir(out_dir) as stage:
+        if trained and (out_dir / RUNNING_METRICS).is_file():
+            shutil.copyfile(out_dir / RUNNING_METRICS, stage / METRICS_FILE)
+            plot_losses(stage / METRICS_FILE, stage / "loss.png", f"phase {phase} ({NAMES[phase]})")
+        save_adapters(model, stage, make_manifest(phase, body))
+    if trained and phase == 7:
+        with staged_dir(run_dir / "final") as stage:
+            save_adapters(model, stage, make_manifest(phase, {**body, "name": "final"}))
+
+
+
+def check_pipeline_trains(cfg: SymphonyConfig, run_dir: str | Path, first: int, last: int) -> None:
+    """Refuse, before any work, a pipeline through phases 4-7 that would train nothing: no memory adapters,
+    no pointer heads, no persistent tokens (each phase would only report itself skipped, and no final/ is
+    exported). From phase 3 on the memory is the one phase 2 recorded."""
+    if last < 4:
+        return
+    run_dir = Path(run_dir).expanduser()
+    memory, where = cfg.to_dict()["memory"], ""
+    if first > 2 and manifest_path(run_dir, 2).is_file():
+        recorded = (read_manifest(run_dir, 2, config=cfg).get("config") or {}).get("memory")
+        if isinstance(recorded, dict):
+            memory, where = recorded, f" in {phase_dir(run_dir, 2)}"
+    if memory.get("kind", "none") != "none" or memory.get("pointer") or memory.get("persistent_tokens", 0) > 0:
+        return
+    suggested = copy.deepcopy(cfg)
+    suggested.memory.kind, suggested.memory.pointer = "titans", True
+    start = min(first, 2)  # the memory is built by phase 2
+    args = ["pipeline", *(["--from", str(start)] if start != 1 else []), *(["--to", str(last)] if last != 7 else [])]
+    command = symphony_command(args, run_dir, suggested, force=manifest_path(run_dir, 2).is_file())
+    preset = " (or use -c smollm2-135m-cpu)" if cfg.model.name == "smollm2-135m" and cfg.preset != "smollm2-135m-cpu" \
+        else ""
+    raise SymphonyError(f"memory.kind is none{where}, so phases 4-7 would train nothing and export no final/; train "
+                        f"a memory: {command}{preset}, or stop before phase 4 with --to 3")
