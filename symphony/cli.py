@@ -130,13 +130,16 @@ def pipeline(cfg, run_dir, first, last, force):
     `symphony eval ... --checkpoint RUN_DIR` and `symphony chat --checkpoint RUN_DIR`.
 
     \b
-    Example (tiny, seconds):  symphony pipeline -c tiny -r runs/tiny --set memory.kind=fhrr
+    Example (tiny, seconds):  symphony pipeline -c tiny -r runs/tiny
     """
     import time
+
+    from symphony.training.phases import check_pipeline_trains
 
     if first > last:
         raise SymphonyError(f"--from {first} is after --to {last}")
     ensure_writable_dir(run_dir, what="--run-dir")
+    check_pipeline_trains(cfg, run_dir, first, last)
     t0 = time.perf_counter()
     for phase in range(first, last + 1):
         _run_one_phase(phase, cfg, run_dir, force)

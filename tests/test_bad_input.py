@@ -255,3 +255,16 @@ def test_unwritable_run_dir_fails_before_work(tmp_path, monkeypatch, command):
     blocker.write_text("not a folder")
     line = one_line_error(invoke(*command, "-c", "tiny", "-r", blocker / "run"))
     assert "cannot write to" in line and "--run-dir" in line
+
+
+def test_pipeline_that_would_train_nothing_is_refused_before_work(tmp_path):
+    line = one_line_error(invoke("pipeline", "-c", "tiny", "--set", "memory.kind=none", "--set", "memory.pointer=false",
+                                 "-r", tmp_path / "run"))
+    assert "would train nothing" in line and "--set memory.kind=titans" in line
+    assert not (tmp_path / "run" / "phase1").exists()
+
+
+def test_pipeline_on_the_tiny_preset_writes_final(tmp_path):
+    res = invoke("pipeline", "-c", "tiny", "-r", tmp_path / "run", "--set", "train.max_steps=1")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "run" / "final" / "adapters.safetensors").is_file()
