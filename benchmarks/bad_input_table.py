@@ -17,7 +17,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from click.testing import CliRunner  # noqa: E402
 
-from symphony.cli import main  # noqa: E402
+from symphony.cli.main import main  # noqa: E402
 from symphony.errors import SymphonyError  # noqa: E402
 from symphony.io import atomic_write_text  # noqa: E402
 
@@ -92,7 +92,7 @@ def crafted_pickle_case(d: Path) -> str:
     """A resume point whose optimizer.pt is a pickle that would run code."""
     import torch
 
-    from symphony.training.loop import STATE_DIR, load_train_state, save_train_state
+    from symphony.pipeline.loop import STATE_DIR, load_train_state, save_train_state
 
     model = torch.nn.Linear(2, 2)
     model.memory_adapter = torch.nn.Linear(1, 1)  # something adapter_state_dict would save; harmless if ignored

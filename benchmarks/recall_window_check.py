@@ -12,7 +12,7 @@ import torch
 
 from symphony.config import load_config
 from symphony.corpus import builtin_text
-from symphony.engine import engine_from_config
+from symphony.runtime.engine import engine_from_config
 from symphony.evaluation.methods import parse_lengths
 from symphony.evaluation.needle import _CorpusTokenizer, cell_input
 

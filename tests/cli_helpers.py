@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from symphony.cli import main
+from symphony.cli.main import main
 
 
 def invoke(*args, input=None):

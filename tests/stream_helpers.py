@@ -5,7 +5,7 @@ import dataclasses
 
 import torch
 
-from symphony.engine import StreamingEngine
+from symphony.runtime.engine import StreamingEngine
 
 # small memories so the tiny model's tests stay fast
 SMALL = ["memory.holo_dim=32", "memory.chunk_size=16", "memory.titans_hidden=16"]

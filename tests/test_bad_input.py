@@ -23,7 +23,7 @@ def doc(tmp_path):
 # ---- the cache budget must keep positions inside the trained context ------------------------------------
 
 def test_budget_past_the_context_is_refused_by_the_engine():
-    from symphony.engine import engine_from_config
+    from symphony.runtime.engine import engine_from_config
 
     cfg = load_config("tiny", ["cache.window=4000"])  # the tiny model has 512 positions
     with pytest.raises(SymphonyError, match=r"past the model's 512-token context.*cache\.window="):
@@ -38,7 +38,7 @@ def test_budget_past_the_context_is_one_line(command, doc):
 
 
 def test_suggested_budget_fits():
-    from symphony.engine import engine_from_config
+    from symphony.runtime.engine import engine_from_config
 
     with pytest.raises(SymphonyError) as ei:
         engine_from_config(load_config("tiny", ["cache.window=4000"]), progress=False)
@@ -49,7 +49,7 @@ def test_suggested_budget_fits():
 # ---- text input --------------------------------------------------------------------------------------
 
 def test_whitespace_free_text_is_cut_at_a_bound(tmp_path):
-    from symphony.engine import iter_text_file
+    from symphony.runtime.engine import iter_text_file
 
     path = tmp_path / "minified.txt"
     text = "abcdefghij" * 20_000  # 200 KB on one line, no whitespace
@@ -62,7 +62,7 @@ def test_whitespace_free_text_is_cut_at_a_bound(tmp_path):
 _PEAK = """
 import resource, sys, torch
 from symphony.config import load_config
-from symphony.engine import engine_from_config, iter_text_file
+from symphony.runtime.engine import engine_from_config, iter_text_file
 eng = engine_from_config(load_config("tiny"), progress=False)
 eng.feed = lambda stream, ids, all_logits=False: None  # measure reading + tokenising, not the model
 eng.compact = lambda stream: None
@@ -85,7 +85,7 @@ def test_whitespace_free_input_streams_at_the_peak_of_spaced_input(tmp_path):
 
 
 def test_undecodable_bytes_are_reported_once(tmp_path):
-    from symphony.engine import iter_text_file
+    from symphony.runtime.engine import iter_text_file
 
     path = tmp_path / "latin1.txt"
     path.write_bytes("caf\u00e9 cr\u00e8me ".encode("latin-1") * 3)
@@ -145,12 +145,12 @@ def test_demo_length_too_short_is_refused():
 def test_ctrl_c_while_importing_is_one_line(monkeypatch, capsys):
     import builtins
 
-    from symphony import entry
+    from symphony.cli import entry
 
     real_import = builtins.__import__
 
     def interrupted(name, *args, **kwargs):
-        if name == "symphony.cli":
+        if name == "symphony.cli.main":
             raise KeyboardInterrupt
         return real_import(name, *args, **kwargs)
 
@@ -228,7 +228,7 @@ def test_corrupt_gguf_is_one_line(tmp_path):
 
 def test_generate_run_emits_no_future_warning(doc):
     from symphony.config import load_config
-    from symphony.engine import ChatSession, engine_from_config
+    from symphony.runtime.engine import ChatSession, engine_from_config
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

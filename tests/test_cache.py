@@ -9,13 +9,13 @@ import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from symphony.cache import BoundedCache, RopeRotator, cache_nbytes
+from symphony.runtime.cache import BoundedCache, RopeRotator, cache_nbytes
 from symphony.config import SalienceConfig, load_config
-from symphony.engine import StreamingEngine
+from symphony.runtime.engine import StreamingEngine
 from symphony.models.info import kv_bytes_per_token
 from symphony.models.compat import with_cache
 from symphony.models.tiny import TINY_MODELS, byte_tokenizer, tiny_config, tiny_model
-from symphony.salience import NoveltyTable, RarityOracle, surprisal
+from symphony.runtime.salience import NoveltyTable, RarityOracle, surprisal
 
 
 def random_ids(n: int, seed: int = 0, high: int = 256) -> torch.Tensor:
@@ -375,7 +375,7 @@ def test_rarity_oracle_combines_surprisal_and_novelty():
 def test_ledger_fills_exactly_to_capacity_when_spans_do_not_divide_it():
     """sinks=3 and span_len=8 leave partial spans at the window boundary; the ledger still fills to
     its budget, so occupied == capacity (and bytes are identical) after every compaction."""
-    from symphony.cache import BoundedCache
+    from symphony.runtime.cache import BoundedCache
 
     cache = BoundedCache(num_layers=1, sinks=3, ledger=21, window=10, span_len=8, smooth_radius=0)
     sizes = set()

@@ -7,11 +7,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from symphony.cli import main
+from symphony.cli.main import main
 from symphony.config import load_config
-from symphony.engine import ChatSession, StreamingEngine, iter_text_file, sample
+from symphony.runtime.engine import ChatSession, StreamingEngine, iter_text_file, sample
 from symphony.models.compat import with_cache
-from symphony.recall import RecallLedger
+from symphony.runtime.recall import RecallLedger
 
 
 @pytest.fixture
@@ -141,8 +141,8 @@ def test_smollm2_recalls_needle_beyond_its_window(embedded_model_dir):
     """A fact at 10% of a 3k-token document, with a cache of only 4+128+512 slots: the sinks baseline
     has lost it; Symphony answers it exactly."""
     from symphony.corpus import builtin_text
-    from symphony.engine import engine_from_config
-    from symphony.needle import Needle, build_haystack, contains_answer
+    from symphony.runtime.engine import engine_from_config
+    from symphony.haystack import Needle, build_haystack, contains_answer
 
     cfg = load_config("smollm2-135m", ["cache.ledger=128", "cache.window=512"])
     eng = engine_from_config(cfg, progress=False)
@@ -167,9 +167,9 @@ def test_smollm2_bounded_cache_with_large_budget_is_bit_equal(embedded_model_dir
     and the engine's segmented greedy decoding gives the same tokens."""
     from transformers import DynamicCache
 
-    from symphony.cache import BoundedCache
+    from symphony.runtime.cache import BoundedCache
     from symphony.corpus import builtin_text
-    from symphony.engine import engine_from_config
+    from symphony.runtime.engine import engine_from_config
 
     cfg = load_config("smollm2-135m", ["cache.ledger=4000", "cache.window=4000", "cache.segment_len=128"])
     eng = engine_from_config(cfg, progress=False)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from symphony.cache import BoundedCache
+from symphony.runtime.cache import BoundedCache
 from symphony.config import load_config
-from symphony.engine import engine_from_config
+from symphony.runtime.engine import engine_from_config
 from symphony.errors import SymphonyError
 from symphony.memory.inject import find_checkpoint, inject, memory_adapters, pointer_heads, save_adapters
 from symphony.memory.pointer import RouterScorer
@@ -222,7 +222,7 @@ def test_cli_checkpoint_changes_symphony_only(tmp_path):
 
     from click.testing import CliRunner
 
-    from symphony.cli import main
+    from symphony.cli.main import main
     from symphony.io import read_json
     from symphony.memory.inject import load_adapters
 

@@ -6,7 +6,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from symphony.cli import main
+from symphony.cli.main import main
 from symphony.evaluation.integrity import BATTERY, extract_code, judge, summarize
 
 

@@ -9,11 +9,11 @@ import pytest
 from click.testing import CliRunner
 
 import symphony.evaluation.needle as needle_eval
-from symphony.cli import main
+from symphony.cli.main import main
 from symphony.evaluation.limits import projected_bytes
 from symphony.evaluation.needle import cell_input, make_needles, parse_depths, summarize
 from symphony.models.info import kv_bytes_per_token
-from symphony.needle import contains_answer
+from symphony.haystack import contains_answer
 
 BASE = ["eval", "needle", "-c", "tiny", "--depths", "0,50"]
 KEY_FIELDS = ("method", "context_len", "depth", "trial")

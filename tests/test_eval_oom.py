@@ -9,7 +9,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from symphony.cli import main
+from symphony.cli.main import main
 from symphony.evaluation import oom
 
 SCHEMA = {"method", "context_len", "peak_mem_bytes", "cache_bytes", "ingest_tok_s", "decode_ms_per_tok", "status"}

@@ -8,9 +8,9 @@ import os
 import pytest
 from click.testing import CliRunner
 
-import symphony.engine
+import symphony.runtime.engine
 import symphony.evaluation.oom as oom_eval
-from symphony.cli import main
+from symphony.cli.main import main
 
 SUITES = {"oom": "oom.json", "needle": "needle.json", "ppl": "ppl.json", "integrity": "integrity.json"}
 FAST = {"oom": ["--lengths", "256"], "needle": ["--lengths", "256", "--depths", "50"],
@@ -23,7 +23,7 @@ def no_model(monkeypatch):
     def loaded(*a, **k):
         raise AssertionError("a model was loaded before the error")
 
-    monkeypatch.setattr(symphony.engine, "engine_from_config", loaded)
+    monkeypatch.setattr(symphony.runtime.engine, "engine_from_config", loaded)
     monkeypatch.setattr(oom_eval, "run_worker", loaded)
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 import symphony.evaluation.ppl as ppl_eval
-from symphony.cli import main
+from symphony.cli.main import main
 from symphony.corpus import builtin_text
 from symphony.evaluation.ppl import bucket_means, load_tokens, strided_nll
 

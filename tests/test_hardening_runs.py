@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from cli_helpers import invoke, one_line_error
-from phases import get_phase
+from symphony.pipeline.phases import get_phase
 from symphony.config import load_config
 from symphony.errors import SymphonyError
 from symphony.memory.inject import ADAPTERS_FILE, find_checkpoint, inject, load_adapters, load_checkpoint
 from symphony.models.tiny import tiny_model
-from symphony.runs import config_args, manifest_path, phase_command, phase_dir, read_manifest
-from symphony.training.loop import RUNNING_METRICS, STATE_DIR, load_train_state, save_train_state
-from symphony.training.phases import check_pipeline_trains
+from symphony.pipeline.runs import config_args, manifest_path, phase_command, phase_dir, read_manifest
+from symphony.pipeline.loop import RUNNING_METRICS, STATE_DIR, load_train_state, save_train_state
+from symphony.pipeline.train import check_pipeline_trains
 
 FAST = ["train.max_steps=2"]
 
@@ -121,7 +121,7 @@ class Boom(Exception):
 
 
 def test_failed_forced_training_phase_keeps_the_previous_one(tmp_path, pipeline_run, monkeypatch):
-    import symphony.training.loop as loop
+    import symphony.pipeline.loop as loop
 
     run = copy_run(pipeline_run[0], tmp_path / "run")
     before = snapshot(phase_dir(run, 4))
@@ -170,7 +170,7 @@ def test_failed_forced_phase2_keeps_the_previous_one(tmp_path, pipeline_run, mon
 
 
 def test_failed_forced_phase3_keeps_the_previous_one(tmp_path, pipeline_run, monkeypatch):
-    import symphony.data.build as build
+    import symphony.pipeline.dataset as build
 
     run = copy_run(pipeline_run[0], tmp_path / "run")
     before = snapshot(phase_dir(run, 3))
@@ -218,7 +218,7 @@ def test_final_made_before_an_earlier_phase_was_redone_is_refused(tmp_path, pipe
 
 
 def test_final_not_matching_a_redone_phase7_is_refused(tmp_path, pipeline_run, monkeypatch):
-    import symphony.training.phases as phases
+    import symphony.pipeline.train as phases
 
     run = copy_run(pipeline_run[0], tmp_path / "run")
     real = phases.staged_dir

@@ -8,10 +8,10 @@ import torch
 from click.testing import CliRunner
 from transformers import DynamicCache
 
-from phases import get_phase
-from symphony.cli import main
+from symphony.pipeline.phases import get_phase
+from symphony.cli.main import main
 from symphony.config import load_config
-from symphony.engine import StreamingEngine
+from symphony.runtime.engine import StreamingEngine
 from symphony.errors import SymphonyError
 from symphony.memory.adapter import MemoryAdapter
 from symphony.memory.inject import (
@@ -21,7 +21,7 @@ from symphony.memory.inject import (
 from symphony.memory.titans import TitansState
 from symphony.models.compat import with_cache
 from symphony.models.tiny import tiny_model
-from symphony.runs import manifest_path, read_manifest
+from symphony.pipeline.runs import manifest_path, read_manifest
 
 SMALL = ["memory.holo_dim=32", "memory.chunk_size=16", "memory.titans_hidden=16"]
 SMALL_ARGS = [a for s in SMALL for a in ("-s", s)]

@@ -10,7 +10,7 @@ from transformers import DynamicCache
 from symphony.config import load_config
 from symphony.memory.inject import inject
 from symphony.memory.persistent import persistent_memory
-from symphony.model import SymphonyModel, SymphonyOutput, knowledge_slot_indices
+from symphony.runtime.model import SymphonyModel, SymphonyOutput, knowledge_slot_indices
 from symphony.models.compat import with_cache
 from symphony.models.tiny import tiny_model
 

@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from symphony.config import load_config
-from symphony.engine import ChatSession, StreamingEngine, engine_from_config
+from symphony.runtime.engine import ChatSession, StreamingEngine, engine_from_config
 from symphony.errors import SymphonyError
 from symphony.memory.inject import adapter_state_dict, inject, load_checkpoint, memory_adapters, save_adapters
 from symphony.memory.persistent import PersistentMemory, persistent_memory
@@ -133,7 +133,7 @@ def test_config_validates_the_persistent_fields():
 
 
 def test_phase7_alone_trains_the_persistent_tokens():
-    from symphony.training.phases import _trainable
+    from symphony.pipeline.train import _trainable
 
     for phase in (4, 5, 6, 7):  # a fresh model per phase, as each phase run loads one
         _, model = injected("memory.kind=fhrr", "memory.pointer=true", f"memory.persistent_tokens={P}")
@@ -185,7 +185,7 @@ def test_page_switches_are_reported_per_layer():
 
 
 def test_chat_status_and_cli_report_page_switches_and_task_id_errors(tiny_loaded, tmp_path):
-    from symphony.cli import _status_line, main
+    from symphony.cli.main import _status_line, main
 
     paged = ["memory.kind=titans", "memory.titans_pages=2", "memory.titans_page_threshold=0.0"]
     cfg, model = injected(*paged, gate=1.0)

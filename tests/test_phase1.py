@@ -9,11 +9,11 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from phases import PHASES, get_phase
-from symphony.cli import main
+from symphony.pipeline.phases import PHASES, get_phase
+from symphony.cli.main import main
 from symphony.config import load_config
 from symphony.errors import SymphonyError
-from symphony.runs import manifest_path, read_manifest
+from symphony.pipeline.runs import manifest_path, read_manifest
 
 
 def run_phase1(cfg, run_dir, force=False):

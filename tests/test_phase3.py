@@ -9,14 +9,14 @@ from collections import Counter
 import pytest
 from click.testing import CliRunner
 
-from phases import get_phase
-from symphony.cli import main
+from symphony.pipeline.phases import get_phase
+from symphony.cli.main import main
 from symphony.config import TASKS, load_config
-from symphony.data import COLUMNS, load_split
-from symphony.data.build import sample_plan
+from symphony.pipeline.dataset import COLUMNS, load_split
+from symphony.pipeline.dataset import sample_plan
 from symphony.errors import SymphonyError
 from symphony.models.tiny import byte_tokenizer
-from symphony.runs import manifest_path, phase_dir
+from symphony.pipeline.runs import manifest_path, phase_dir
 
 # the byte tokenizer spends a token per byte: 384 leaves room for 3 distractor needles plus text
 SMALL = ["data.lengths=384,768", "data.train_samples=12", "data.dev_samples=6"]
@@ -283,7 +283,7 @@ def test_idempotent_and_refuses_other_config_without_force(run_dir):
 def test_failed_rebuild_keeps_the_old_dataset(run_dir, monkeypatch):
     run3(tiny(), run_dir)
     before = manifest_path(run_dir, 3).read_bytes()
-    from symphony.data import tasks
+    from symphony.pipeline.dataset import tasks
 
     calls = {"n": 0}
     real = tasks.TaskBuilder.build
@@ -333,7 +333,7 @@ def test_tasks_with_the_embedded_tokenizer(embedded_model_dir):
 
     from symphony.config import ModelConfig
     from symphony.corpus import builtin_text
-    from symphony.data.tasks import TaskBuilder, corpus_words
+    from symphony.pipeline.tasks import TaskBuilder, corpus_words
     from symphony.models.loading import load_tokenizer
 
     tok = load_tokenizer(ModelConfig(name="smollm2-135m"))

@@ -6,7 +6,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from symphony.cli import main
+from symphony.cli.main import main
 from symphony.config import load_config
 from symphony.errors import SymphonyError
 from symphony.models.info import kv_bytes_per_token

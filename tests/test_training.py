@@ -14,8 +14,8 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from phases import get_phase
-from symphony.cli import main
+from symphony.pipeline.phases import get_phase
+from symphony.cli.main import main
 from symphony.config import load_config
 from symphony.errors import SymphonyError
 from symphony.memory.inject import ADAPTERS_FILE
@@ -117,7 +117,7 @@ def test_resume_after_a_kill_gives_the_same_weights(tmp_path, prepared):
 
 
 def test_non_finite_loss_stops_loudly_with_the_last_checkpoint(tmp_path, prepared, monkeypatch):
-    import symphony.training.loop as loop
+    import symphony.pipeline.loop as loop
 
     run = copy_run(prepared, tmp_path / "run")
     real = loop.stream_sample
@@ -171,7 +171,7 @@ def test_data_parallel_matches_one_process(tmp_path, prepared):
     sets = [a for s in [*MEMORY, *steps, "train.batch_size=1"] for a in ("--set", s)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "symphony.cli",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "symphony.cli.main",
                            "run-phase", "4", "-c", "tiny", "-r", str(ddp), *sets],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

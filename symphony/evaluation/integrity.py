@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from symphony.corpus import builtin_text, token_stream
-from symphony.engine import StreamingEngine
+from symphony.runtime.engine import StreamingEngine
 
 
 @dataclass(frozen=True)

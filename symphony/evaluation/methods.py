@@ -1,7 +1,7 @@
 """Methods compared by every eval: `full` (DynamicCache), `sinks` (StreamingLLM), `symphony`."""
 from __future__ import annotations
 
-from symphony.engine import POLICIES
+from symphony.runtime.engine import POLICIES
 from symphony.errors import SymphonyError
 
 

@@ -20,7 +20,7 @@ from symphony.errors import SymphonyError
 from symphony.evaluation.limits import default_memory_limit, parse_memory_limit, projected_bytes
 from symphony.evaluation.results import ResultStore
 from symphony.io import atomic_savefig
-from symphony.needle import _KEYS, Needle, build_haystack, contains_answer, random_needle
+from symphony.haystack import _KEYS, Needle, build_haystack, contains_answer, random_needle
 
 DEFAULT_LENGTHS = "1k,2k,4k,8k,16k,32k"
 DEFAULT_DEPTHS = ",".join(str(d) for d in range(0, 101, 10))
@@ -173,7 +173,7 @@ def run_needle(cfg, methods: list[str], out: Path, resume: bool = False, memory_
                max_new_tokens: int = 32, echo: Callable[[str], None] = click.echo) -> dict[str, Any]:
     """Run the grid (skipping cells already in out/needle.json when resuming); write JSON, heatmaps, table."""
     from symphony.corpus import builtin_text, load_text
-    from symphony.engine import StreamingEngine, engine_from_config
+    from symphony.runtime.engine import StreamingEngine, engine_from_config
     from symphony.models.info import context_window, kv_bytes_per_token
 
     lengths = lengths or [1024 << i for i in range(6)]

@@ -83,7 +83,7 @@ def corpus_ids(tokenizer, length: int) -> list[int]:
 def measure(spec: dict) -> dict:
     import torch
 
-    from symphony.engine import engine_from_config, peak_memory_bytes
+    from symphony.runtime.engine import engine_from_config, peak_memory_bytes
     from symphony.models.loading import resolve_device
 
     cfg = config_from_dict(spec["config"])

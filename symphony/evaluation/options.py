@@ -6,7 +6,7 @@ import math
 
 import click
 
-from symphony.cli_options import checkpoint_option
+from symphony.cli.options import checkpoint_option
 
 
 def eval_options(default_out: str):

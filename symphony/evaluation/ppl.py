@@ -124,7 +124,7 @@ def run_ppl(cfg, methods: list[str], out: Path, resume: bool = False, memory_lim
             echo: Callable[[str], None] = click.echo) -> dict[str, Any]:
     """Score the first `max_tokens` tokens with every method; write out/ppl.json and out/ppl.png."""
     from symphony.corpus import builtin_text, load_text
-    from symphony.engine import StreamingEngine, engine_from_config
+    from symphony.runtime.engine import StreamingEngine, engine_from_config
     from symphony.models.info import context_window, kv_bytes_per_token
 
     if text and dataset:

@@ -48,7 +48,7 @@ class PointerHeads(nn.Module):
 # ---- finding things on a model -----------------------------------------------------------------------
 
 def _decoder_layers(model):
-    from symphony.calibration import decoder_layers
+    from symphony.models.info import decoder_layers
 
     try:
         return decoder_layers(model)
@@ -244,7 +244,7 @@ def save_adapters(model: nn.Module, out_dir: str | Path, manifest: dict | None =
 
 def _rebuild_hint(out_dir: Path, force: bool = True) -> str:
     """The command that rewrites an adapter directory of a run (phaseN/, or final/ from phase 7)."""
-    from symphony.runs import phase_command
+    from symphony.pipeline.runs import phase_command
 
     m = re.fullmatch(r"phase(\d)", out_dir.name)
     phase = int(m.group(1)) if m else 7 if out_dir.name == "final" else None
@@ -331,7 +331,7 @@ def _stale(run: Path, sub: str) -> str | None:
     """Why `run/sub` (final/ or the newest phaseN/) no longer holds what the run's phases make now, e.g. after an
     earlier phase was redone with --force and the later ones were not; None when it does. Each trained phase
     records the sha256 of the adapters it started from (runs made before it did are not checked)."""
-    from symphony.runs import phase_command, symphony_command
+    from symphony.pipeline.runs import phase_command, symphony_command
 
     def manifest(name: str) -> dict | None:
         try:

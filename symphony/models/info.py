@@ -8,6 +8,15 @@ def _text_config(config):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
+def decoder_layers(model):
+    """The list of decoder blocks of an HF causal LM (Llama/Qwen2/Mistral-style `model.model.layers`)."""
+    base = getattr(model, "model", model)
+    layers = getattr(base, "layers", None)
+    if layers is None:
+        raise ValueError(f"cannot find decoder layers on {type(model).__name__}")
+    return layers
+
+
 def head_dim(config) -> int:
     c = _text_config(config)
     return getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads

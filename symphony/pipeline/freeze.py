@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from symphony.calibration import calibration_stats
+from symphony.pipeline.calibration import calibration_stats
 from symphony.config import SymphonyConfig
 from symphony.models import freeze, load_model, parameter_counts
 from symphony.models.info import context_window, kv_bytes_per_token
-from symphony.runs import fingerprint, made_otherwise, manifest_path, read_manifest, write_manifest
+from symphony.pipeline.runs import fingerprint, made_otherwise, manifest_path, read_manifest, write_manifest
 
 
 def phase1_fingerprint(cfg: SymphonyConfig) -> str:

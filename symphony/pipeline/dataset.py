@@ -20,9 +20,9 @@ from tqdm.auto import tqdm
 
 from symphony.config import ModelConfig, SymphonyConfig, parse_int_list, parse_list
 from symphony.corpus import load_text
-from symphony.data.tasks import MAX_MULTIKEY_DISTRACTORS, Sample, TaskBuilder, corpus_words
+from symphony.pipeline.tasks import MAX_MULTIKEY_DISTRACTORS, Sample, TaskBuilder, corpus_words
 from symphony.errors import SymphonyError
-from symphony.runs import (
+from symphony.pipeline.runs import (
     fingerprint, made_otherwise, manifest_path, phase_command, phase_dir, read_manifest, staged_dir, write_manifest,
 )
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from symphony.needle import contains_answer
-from symphony.training.objective import stream_sample
+from symphony.haystack import contains_answer
+from symphony.pipeline.objective import stream_sample
 
 
 @torch.no_grad()

@@ -26,17 +26,16 @@ from symphony.memory.inject import (
     ADAPTERS_FILE, adapter_state_dict, load_checkpoint, memory_adapters, pointer_heads, save_adapters,
 )
 from symphony.memory.persistent import PERSISTENT_ATTR, persistent_memory
-from symphony.runs import (
+from symphony.pipeline.phases import phase_title
+from symphony.pipeline.runs import (
     fingerprint, made_otherwise, make_manifest, manifest_path, phase_command, phase_dir, read_manifest, staged_dir,
     symphony_command,
 )
-from symphony.training.dev import dev_score, evaluate_dev
-from symphony.training.loop import (
+from symphony.pipeline.dev import dev_score, evaluate_dev
+from symphony.pipeline.loop import (
     METRICS_FILE, RUNNING_METRICS, LoopSpec, clear_train_state, epoch_sampler, has_train_state, is_main_process,
     train_loop, wait_for_everyone,
 )
-
-NAMES = {4: "coarse pre-training", 5: "HEP-DNA", 6: "long-range calibration", 7: "hybrid sparse fine-tuning"}
 
 
 def effective_config(cfg: SymphonyConfig, run_dir: Path) -> SymphonyConfig:
@@ -169,8 +168,8 @@ def phase_fingerprint(cfg: SymphonyConfig, run_dir: Path, phase: int) -> str:
 
 def run_training_phase(cfg: SymphonyConfig, run_dir: str | Path, phase: int, force: bool = False,
                        progress: bool = True, on_step=None) -> dict:
-    from symphony.data import load_split
-    from symphony.engine import StreamingEngine
+    from symphony.pipeline.dataset import load_split
+    from symphony.runtime.engine import StreamingEngine
     from symphony.models import freeze, load_model
 
     run_dir = Path(run_dir).expanduser()
@@ -209,7 +208,7 @@ def run_training_phase(cfg: SymphonyConfig, run_dir: str | Path, phase: int, for
     use_router = has_pointer and phase in (5, 7)
     t = cfg.train
     cap = (lambda n: min(n, t.max_steps)) if t.max_steps > 0 else (lambda n: n)
-    body: dict = {"name": NAMES[phase], "fingerprint": fp, "config": cfg.to_dict(), "from": str(prev_dir),
+    body: dict = {"name": phase_title(phase), "fingerprint": fp, "config": cfg.to_dict(), "from": str(prev_dir),
                   "from_sha256": from_sha, "trainable_parameters": sum(p.numel() for p in params)}
 
     if not params:
@@ -263,13 +262,13 @@ def run_training_phase(cfg: SymphonyConfig, run_dir: str | Path, phase: int, for
 def _publish(model, run_dir: Path, phase: int, body: dict, trained: bool = False) -> None:
     """Write DIR/phaseN (adapters, manifest; metrics and loss curve when `trained`) aside and swap it in,
     which also drops the resume point; a trained phase 7 then exports DIR/final the same way."""
-    from symphony.training.plots import plot_losses
+    from symphony.pipeline.plots import plot_losses
 
     out_dir = phase_dir(run_dir, phase)
     with staged_dir(out_dir) as stage:
         if trained and (out_dir / RUNNING_METRICS).is_file():
             shutil.copyfile(out_dir / RUNNING_METRICS, stage / METRICS_FILE)
-            plot_losses(stage / METRICS_FILE, stage / "loss.png", f"phase {phase} ({NAMES[phase]})")
+            plot_losses(stage / METRICS_FILE, stage / "loss.png", f"phase {phase} ({phase_title(phase)})")
         save_adapters(model, stage, make_manifest(phase, body))
     if trained and phase == 7:
         with staged_dir(run_dir / "final") as stage:

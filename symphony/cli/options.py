@@ -1,4 +1,4 @@
-"""Click options shared by the CLI and the eval suites (a module of its own, so `evals/` can import it
+"""Click options shared by the CLI and the eval suites (a module of its own, so `cli/evals.py` can import it
 without importing the CLI that imports them)."""
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from symphony.engine import StreamingEngine
+from symphony.runtime.engine import StreamingEngine
 
 
 @dataclass

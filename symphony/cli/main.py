@@ -8,9 +8,11 @@ import sys
 
 import click
 
-from symphony.cli_options import checkpoint_option, config_options
+from symphony.cli.evals import SUITES
+from symphony.cli.options import checkpoint_option, config_options
 from symphony.errors import SymphonyError
 from symphony.io import ensure_writable_dir
+from symphony.pipeline.phases import get_phase, phase_table
 
 MIN_DEMO_LENGTH = 256  # room for the planted facts and some document around them
 
@@ -66,30 +68,18 @@ def info(cfg):
         click.echo(f"{key:>22}: {value}")
 
 
-@main.command("run-phase")
+@main.command("run-phase", help="Run training phase PHASE (1-7) into --run-dir.\n\n\b\n" + phase_table())
 @click.argument("phase", type=int)
 @config_options
 @click.option("--run-dir", "-r", default="runs/default", show_default=True, help="Where phase artifacts go.")
 @click.option("--force", is_flag=True, help="Redo the phase even if its artifact is up to date.")
 def run_phase(phase, cfg, run_dir, force):
-    """Run training phase PHASE (1-7) into --run-dir.
-
-    \b
-    1 freeze    load + freeze the base model, record calibration statistics
-    2 inject    attach zero-gated memory adapters, verify equality with the base
-    3 dataset   long documents + synthetic long-range tasks
-    4 coarse    train FHRR/Titans memories through the bounded cache
-    5 HEP-DNA   train the salience router and copy head
-    6 calibrate curriculum over growing lengths
-    7 finetune  joint fine-tuning; export DIR/final
-    """
     ensure_writable_dir(run_dir, what="--run-dir")
     _run_one_phase(phase, cfg, run_dir, force)
 
 
 def _run_one_phase(phase, cfg, run_dir, force):
-    from phases import get_phase
-    from symphony.runs import manifest_path
+    from symphony.pipeline.runs import manifest_path
 
     result = get_phase(phase)(cfg, run_dir, force=force)
     status = result.get("status", "written")
@@ -134,7 +124,7 @@ def pipeline(cfg, run_dir, first, last, force):
     """
     import time
 
-    from symphony.training.phases import check_pipeline_trains
+    from symphony.pipeline.train import check_pipeline_trains
 
     if first > last:
         raise SymphonyError(f"--from {first} is after --to {last}")
@@ -151,24 +141,8 @@ def eval():  # noqa: A001 - the command is called `eval`
     """Evaluation suites: oom, needle, ppl, integrity (baselines in the same run)."""
 
 
-def _register_eval_suites() -> None:
-    """Each suite lives in `evals/<name>.py` as a click command named `command`."""
-    import importlib
-
-    for name in ("oom", "needle", "ppl", "integrity"):
-        try:
-            eval.add_command(importlib.import_module(f"evals.{name}").command, name)
-        except ModuleNotFoundError as e:
-            if e.name != f"evals.{name}":
-                raise
-
-            @eval.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-                          help=f"`{name}` suite (not built yet).")
-            def cmd(_name=name):
-                raise SymphonyError(f"`symphony eval {_name}` is not built yet")
-
-
-_register_eval_suites()
+for _suite in SUITES.values():
+    eval.add_command(_suite)
 
 
 def _status_line(session) -> str:
@@ -233,7 +207,7 @@ def _printer():
 @_task_option
 def generate(cfg, file, prompt, max_new_tokens, temperature, top_p, policy, task_id):
     """Stream a document of any length through the bounded cache, then answer PROMPT about it."""
-    from symphony.engine import ChatSession, engine_from_config
+    from symphony.runtime.engine import ChatSession, engine_from_config
 
     if not prompt.strip():
         raise SymphonyError("--prompt is empty; say what to do with the document, e.g. -p \"Summarise it.\"")
@@ -269,7 +243,7 @@ def chat(cfg, file, script, max_new_tokens, temperature, top_p, policy, task_id)
     """Constant-memory chat: every turn streams through the same bounded cache, so a conversation
     can go on forever. Reads turns from the keyboard, from piped stdin, or from --script.
     Type /exit to leave. After each turn a status line shows tokens seen, cache size and peak memory."""
-    from symphony.engine import ChatSession, engine_from_config
+    from symphony.runtime.engine import ChatSession, engine_from_config
 
     engine = engine_from_config(cfg, policy=policy, progress=True)
     session = ChatSession(engine, task_id=task_id)
@@ -317,7 +291,7 @@ def chat(cfg, file, script, max_new_tokens, temperature, top_p, policy, task_id)
 def demo(cfg, length, seed):
     """The main job: plant facts in a document 1.5x longer than the model's context window, stream it at
     constant memory, ask for each fact, and compare with the StreamingLLM (sinks) baseline."""
-    from symphony.demo import run_demo
+    from symphony.cli.demo import run_demo
 
     run_demo(cfg, length=length, seed=seed)
 

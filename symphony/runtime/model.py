@@ -11,7 +11,7 @@ returns a `SymphonyOutput` (a named tuple, so it unpacks as above) of
   copy head's gate is open). With flags off and a cache budget larger than the input they are the base
   model's logits.
 - `surprise` [B, S] float32: the per-token surprisal -log p(x_t | x_<t) in nats under those logits (the
-  rarity oracle's signal, `symphony.salience.surprisal`); 0 for each row's first token.
+  rarity oracle's signal, `symphony.runtime.salience.surprisal`); 0 for each row's first token.
 - `knowledge_attention` [B, S, K] float32, K = `model.knowledge_slots` = persistent tokens + `cache.ledger`
   (0 for the `sinks` and `full` policies): the last decoder layer's attention probabilities, averaged over
   its query heads, that each query token puts on the cache's knowledge slots. Columns 0..P-1 are the
@@ -51,10 +51,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from symphony.cache import BoundedCache
+from symphony.runtime.cache import BoundedCache
 from symphony.config import CacheConfig, SalienceConfig
-from symphony.engine import StreamingEngine, Stream, engine_from_config
-from symphony.salience import surprisal
+from symphony.runtime.engine import StreamingEngine, Stream, engine_from_config
+from symphony.runtime.salience import surprisal
 
 
 class SymphonyOutput(NamedTuple):
@@ -241,7 +241,7 @@ class SymphonyModel(nn.Module):
         if k == 0:
             yield None
             return
-        from symphony.calibration import decoder_layers
+        from symphony.models.info import decoder_layers
 
         layers = decoder_layers(self.model)
         attn = getattr(layers[-1], "self_attn", None)

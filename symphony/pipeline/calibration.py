@@ -8,15 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from symphony.corpus import load_text, token_stream
-
-
-def decoder_layers(model):
-    """The list of decoder blocks of an HF causal LM (Llama/Qwen2/Mistral-style `model.model.layers`)."""
-    base = getattr(model, "model", model)
-    layers = getattr(base, "layers", None)
-    if layers is None:
-        raise ValueError(f"cannot find decoder layers on {type(model).__name__}")
-    return layers
+from symphony.models.info import decoder_layers
 
 
 @torch.no_grad()

@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 from symphony.errors import SymphonyError
 from symphony.io import atomic_replace_dir, atomic_write_bytes, atomic_write_json, read_json
 from symphony.memory.inject import ADAPTERS_FILE, adapter_state_dict
-from symphony.runs import phase_command
-from symphony.training.objective import stream_sample
+from symphony.pipeline.runs import phase_command
+from symphony.pipeline.objective import stream_sample
 
 STATE_DIR = "train_state"  # DIR/phaseN/train_state: the resume point, removed when the phase completes
 METRICS_FILE = "metrics.jsonl"  # a completed phase's per-step metrics

@@ -7,7 +7,7 @@ import sys
 
 def main() -> None:
     try:
-        from symphony.cli import main as cli
+        from symphony.cli.main import main as cli
     except KeyboardInterrupt:
         sys.stderr.write("interrupted while starting; nothing was done\n")
         sys.exit(130)

@@ -13,17 +13,17 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from symphony.calibration import decoder_layers
+from symphony.models.info import decoder_layers
 from symphony.config import SymphonyConfig, parse_layer_spec
 from symphony.corpus import load_text, token_stream
 from symphony.errors import SymphonyError
-from symphony.freeze import phase1_fingerprint
+from symphony.pipeline.freeze import phase1_fingerprint
 from symphony.memory.inject import (
     ADAPTERS_FILE, adapter_parameters, count_trainable, inject, pointer_heads, reset_memory_states, save_adapters,
 )
 from symphony.models import freeze, load_model
 from symphony.models.compat import with_cache
-from symphony.runs import (
+from symphony.pipeline.runs import (
     fingerprint, made_otherwise, make_manifest, manifest_path, phase_command, phase_dir, read_manifest, staged_dir,
 )
 

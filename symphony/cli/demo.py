@@ -9,9 +9,9 @@ import click
 import torch
 
 from symphony.corpus import builtin_text
-from symphony.engine import StreamingEngine, engine_from_config, peak_memory_bytes
+from symphony.runtime.engine import StreamingEngine, engine_from_config, peak_memory_bytes
 from symphony.models.info import context_window, kv_bytes_per_token
-from symphony.needle import build_haystack, contains_answer, random_needle
+from symphony.haystack import build_haystack, contains_answer, random_needle
 from symphony.report import fmt_bytes
 
 

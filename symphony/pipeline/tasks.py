@@ -17,9 +17,9 @@ import random
 import re
 from dataclasses import asdict, dataclass
 
-from symphony.chat_format import ChatFormat
+from symphony.runtime.chat_format import ChatFormat
 from symphony.errors import SymphonyError
-from symphony.needle import _KEYS, Needle, _snap, random_ascii, random_needle
+from symphony.haystack import _KEYS, Needle, _snap, random_ascii, random_needle
 
 MIN_HAYSTACK = 16  # a task sample needs at least this many tokens of real text around its facts
 COPY_TOKENS = (16, 32)  # the copy task's span, in tokens

@@ -17,8 +17,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from symphony.cache import BoundedCache, cache_nbytes
-from symphony.chat_format import ChatFormat
+from symphony.runtime.cache import BoundedCache, cache_nbytes
+from symphony.runtime.chat_format import ChatFormat
 from symphony.config import CacheConfig, SalienceConfig
 from symphony.memory import state_nbytes
 from symphony.memory.inject import adapters_off, memory_adapters, pointer_heads
@@ -26,8 +26,8 @@ from symphony.memory.persistent import persistent_memory
 from symphony.memory.pointer import RouterScorer
 from symphony.models.compat import with_cache
 from symphony.models.info import check_cache_in_context
-from symphony.recall import RecallLedger
-from symphony.salience import RarityOracle, SalienceScorer
+from symphony.runtime.recall import RecallLedger
+from symphony.runtime.salience import RarityOracle, SalienceScorer
 
 POLICIES = ("full", "sinks", "symphony")
 
