@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces every figure in the README's "Measured" section (SmolLM2-135M-Instruct, CPU).
+# Reproduces the figures in docs/RESULTS.md (SmolLM2-135M-Instruct, CPU).
 # Each command resumes where it stopped (--resume), so the script can be re-run after an interruption.
 # On a 2-core CPU the whole script takes a few hours; full attention at 64k is skipped by --time-limit.
 set -euo pipefail

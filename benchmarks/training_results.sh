@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Reproduces the README's "Trained memories" figures: the smollm2-135m-cpu pipeline, then needle and
+# Reproduces docs/RESULTS.md's "Trained memories" figures: the smollm2-135m-cpu pipeline, then needle and
 # perplexity for sinks, untrained Symphony and trained Symphony on the same inputs and the same 512-slot
 # cache (4 sinks + 124 ledger + 384 window). Every eval resumes (--resume), so the script can be re-run
 # after an interruption; each step is skipped by `STEPS` (default: all of train,base,trained,big,nocopy).
 #   KIND=titans|fhrr   which memory to train and evaluate (default titans)
 #   RUN=DIR            the run directory (default runs/smollm2-cpu-$KIND)
-#   TAG=_v2            suffix of the result directories (the README's rows: fhrr_v2, titans_v2)
+#   TAG=_v2            suffix of the result directories (the rows of docs/RESULTS.md: fhrr_v2, titans_v2)
 # On 2 CPU cores: the pipeline takes 30-40 min, a needle trial ~1 (8k) / ~3 (32k) / ~6 (64k) min,
 # perplexity over 32k tokens ~7 min per method. Run the baselines once; run the rest once per KIND.
 set -euo pipefail
@@ -24,7 +24,7 @@ if want train; then
   $S pipeline -c $C -r "$RUN" --set memory.kind="$KIND"
 fi
 if want base; then  # baselines: sinks and the untrained engine (no checkpoint: the bare base model inside)
-  # (the README's sinks rows are the earlier runs in docs/results/train/recall_v1/: sinks has no recall
+  # (the sinks rows of docs/RESULTS.md are the earlier runs in docs/results/train/recall_v1/: sinks has no recall
   # ledger, so the recall change of issue 6 does not touch them; this reruns them)
   $S $NEEDLE --lengths 8k,32k,64k --methods sinks --out $O/needle_sinks
   $S $NEEDLE --lengths 8k,32k,64k --methods sinks --distractors 3 --out $O/needle_sinks_mk3
