@@ -5,6 +5,7 @@ that name the key and list the valid ones, so a typo never silently does nothing
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -15,6 +16,7 @@ from typing import Any
 import yaml
 
 from symphony.errors import SymphonyError
+from symphony.memory.kinds import KINDS, kind_names
 
 
 @dataclass
@@ -59,31 +61,107 @@ class CalibrationConfig:
     segment_len: int = 512
 
 
-MEMORY_KINDS = ("none", "fhrr", "titans")
 MIN_TABLE_BITS, MAX_TABLE_BITS = 8, 30  # novelty table: 256 B .. 1 GiB of flags
 
 
-@dataclass
-class MemoryConfig:
-    """Memory adapters attached to the frozen model (phase 2 onwards); kind none = the bare base model."""
+def _kind_sections(cls):
+    """One section per memory kind, `memory.<kind>.*`: that kind's settings dataclass (symphony/memory/kinds.py),
+    so a kind registered there is configurable without touching this file."""
+    for kind in KINDS.values():
+        cls.__annotations__[kind.name] = kind.settings
+        setattr(cls, kind.name, field(default_factory=kind.settings))
+    return cls
 
-    kind: str = "none"  # none | fhrr | titans
+
+@dataclass
+@_kind_sections
+class MemoryConfig:
+    """Memory adapters attached to the frozen model (phase 2 onwards); kind none = the bare base model.
+
+    The keys below apply to every kind; each kind's own settings are its section, `memory.fhrr.holo_dim`,
+    `memory.titans.pages`, ... (fields `fhrr`, `titans`: see symphony/memory/kinds.py)."""
+
+    kind: str = "none"  # none | fhrr | titans (symphony/memory/kinds.py)
     pointer: bool = False  # on: HEP-DNA salience router + copy head (saved with the adapters)
     layers: str = "last:2"  # decoder layers that get an adapter: all | last:N | first:N | 0,3,5 (negative = from the end)
     heads: int = 0  # memory heads per layer; 0 -> the model's attention heads
-    holo_dim: int = 1024  # FHRR phasors per key (capacity ~4x this many pairs at >= 90% top-1)
     chunk_size: int = 64  # tokens per chunk of the FHRR scan / per Titans surprise step
-    titans_hidden: int = 0  # Titans memory MLP hidden width; 0 -> 2 x head dim
-    titans_symplectic: bool = False  # research: Titans forget gate attenuated by chunk complexity (off)
-    titans_pages: int = 1  # research: Titans manifold paging, page groups per head (1 = off)
-    titans_page_threshold: float = 0.5  # complexity above which the active Titans page switches
-    titans_read_norm: bool = True  # RMS-normalise the Titans read-out per head (bounded on long streams)
     gate_init: float = 0.0  # adapter gate at injection; 0.0 makes the injected model exactly the base model
     copy_head: bool = True  # the copy head: trained (phases 5-7) and mixed into decoding; false: neither (router only)
     persistent_tokens: int = 0  # learned persistent-memory tokens per task, fixed first cache slots (0 = off)
     num_tasks: int = 1  # persistent-memory tasks (chat/generate --task-id, SymphonyModel task_ids)
     checkpoint: str = ""  # trained adapters to load (a phase run's DIR, DIR/final or DIR/phaseN); their own
-    # manifest then sets the memory.* keys above. Empty: no adapters (the bare base model)
+    # manifest then sets every other memory.* key. Empty: no adapters (the bare base model)
+
+
+def _moved_memory_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` (keys of the memory section) with the flat keys used before each kind had a section (memory.holo_dim,
+    memory.titans_pages, ...: in YAML files, --set options and run manifests) moved to their section, as
+    memory.fhrr.holo_dim, memory.titans.pages. They are read as the new names, without a warning."""
+    moved = {old: (kind.name, new) for kind in KINDS.values() for old, new in kind.renamed.items()}
+    if not any(key in moved for key in data):
+        return data
+    out = {k: v for k, v in data.items() if k not in moved}
+    for old, value in data.items():
+        if old not in moved:
+            continue
+        section, key = moved[old]
+        current = out.get(section, {})
+        if not isinstance(current, dict):
+            continue  # _apply refuses the section itself
+        if key in current:
+            raise SymphonyError(f"config sets both 'memory.{old}' and its new name 'memory.{section}.{key}'; "
+                                f"keep 'memory.{section}.{key}'")
+        out[section] = {**current, key: value}
+    return out
+
+
+def _known(obj: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """The keys of `data` that `obj` (a config dataclass) has, in its nested sections too."""
+    names = {f.name for f in dataclasses.fields(obj)}
+    out = {}
+    for key, value in data.items():
+        if key not in names:
+            continue
+        if dataclasses.is_dataclass(getattr(obj, key)):
+            if isinstance(value, dict):
+                out[key] = _known(getattr(obj, key), value)
+        else:
+            out[key] = value
+    return out
+
+
+def recorded_memory_config(recorded: dict[str, Any], base: MemoryConfig | None = None) -> MemoryConfig:
+    """The memory config a run manifest or checkpoint records (its `config.memory`), whichever version wrote it:
+    old flat keys are read under their new names; a key a kind added later is what that kind was built with
+    before (its `built_before`); any other key the record lacks is `base`'s (default: the default); keys this
+    version does not know are ignored. `checkpoint` is left empty: a record says what was built, not what to load."""
+    out = copy.deepcopy(base) if base is not None else MemoryConfig()
+    out.checkpoint = ""
+    if not recorded:
+        return out
+    data = _moved_memory_keys(dict(recorded))
+    for kind in KINDS.values():
+        section = data.get(kind.name)
+        data[kind.name] = {**kind.built_before, **(section if isinstance(section, dict) else {})}
+    data.pop("checkpoint", None)
+    _apply(out, _known(out, data), prefix="memory.")
+    return out
+
+
+def flat_memory_dict(mem: MemoryConfig) -> dict[str, Any]:
+    """`mem` as one flat mapping, each kind's settings under the flat names runs recorded before kinds had
+    sections (titans_pages, holo_dim), a later key as `<kind>.<key>`. Phase 2's fingerprint hashes this, so a
+    run made before keeps its fingerprint."""
+    out = {}
+    for key, value in dataclasses.asdict(mem).items():
+        kind = KINDS.get(key)
+        if kind is None or not isinstance(value, dict):
+            out[key] = value
+            continue
+        old_name = {new: old for old, new in kind.renamed.items()}
+        out.update({old_name.get(k, f"{key}.{k}"): v for k, v in value.items()})
+    return out
 
 
 TASKS = ("lm", "needle", "multikey", "passkey", "kv", "copy")
@@ -165,6 +243,8 @@ def _valid_keys(cls) -> list[str]:
 def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
     if not isinstance(data, dict):
         raise SymphonyError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
+    if isinstance(obj, MemoryConfig):
+        data = _moved_memory_keys(data)
     fields = {f.name: f for f in dataclasses.fields(obj)}
     for key, value in data.items():
         if key not in fields:
@@ -259,7 +339,7 @@ def validate(cfg: SymphonyConfig) -> None:
         "model.device": (cfg.model.device, ("cpu", "cuda", "auto")),
         "model.quantization": (cfg.model.quantization, ("none", "4bit", "8bit")),
         "cache.policy": (cfg.cache.policy, ("symphony", "sinks", "full")),
-        "memory.kind": (cfg.memory.kind, MEMORY_KINDS),
+        "memory.kind": (cfg.memory.kind, kind_names()),
         "train.mixed_precision": (cfg.train.mixed_precision, ("no", "bf16", "fp16")),
         "train.optimizer": (cfg.train.optimizer, ("adamw", "adamw8bit")),
     }
@@ -273,8 +353,11 @@ def validate(cfg: SymphonyConfig) -> None:
         ("salience", 0, ("smooth_radius",)),
         ("salience", 1, ("ngram",)),
         ("calibration", 1, ("tokens", "segment_len")),
-        ("memory", 0, ("heads", "titans_hidden", "persistent_tokens")),
-        ("memory", 1, ("holo_dim", "chunk_size", "num_tasks", "titans_pages")),
+        ("memory", 0, ("heads", "persistent_tokens")),
+        ("memory", 1, ("chunk_size", "num_tasks")),
+        # each memory kind's settings, by the smallest value their fields declare (symphony/memory/kinds.py)
+        *((f"memory.{name}", f.metadata["min"], (f.name,)) for name in KINDS if hasattr(cfg.memory, name)
+          for f in dataclasses.fields(getattr(cfg.memory, name)) if "min" in f.metadata),
         ("data", 0, ("distractors",)),
         ("data", 1, ("train_samples", "dev_samples")),
         ("train", 0, ("max_steps", "dev_every")),
@@ -283,7 +366,7 @@ def validate(cfg: SymphonyConfig) -> None:
     )
     for section, least, keys in minimums:
         for key in keys:
-            value = getattr(getattr(cfg, section), key)
+            value = getattr(_section(cfg, section), key)
             if value < least:
                 what = "positive or 0" if least == 0 else "positive" if least == 1 else f"at least {least}"
                 raise SymphonyError(f"config key '{section}.{key}' must be {what}; got {value}")
@@ -308,6 +391,12 @@ def validate(cfg: SymphonyConfig) -> None:
     t = cfg.train
     if not (t.lr > 0 and math.isfinite(t.lr)):
         raise SymphonyError(f"config key 'train.lr' must be a positive number; got {t.lr}")
+
+
+def _section(cfg: SymphonyConfig, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
 
 
 def parse_list(text: str, key: str) -> list[str]:

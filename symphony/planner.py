@@ -215,10 +215,11 @@ def memory_terms(mem_cfg, config) -> tuple[int, int, str]:
     import torch
 
     from symphony.config import parse_layer_spec
-    from symphony.memory.inject import PointerHeads, build_memory
+    from symphony.memory.kinds import NONE, build_memory
+    from symphony.memory.pointer import PointerHeads
 
     c = _text(config)
-    if mem_cfg.kind == "none":
+    if mem_cfg.kind == NONE:
         n_layers, params, state, dim = 0, 0, 0, c.hidden_size
         what = ["memory.kind none"]
     else:

@@ -8,7 +8,7 @@ import torch
 from symphony.runtime.engine import StreamingEngine
 
 # small memories so the tiny model's tests stay fast
-SMALL = ["memory.holo_dim=32", "memory.chunk_size=16", "memory.titans_hidden=16"]
+SMALL = ["memory.fhrr.holo_dim=32", "memory.chunk_size=16", "memory.titans.hidden=16"]
 
 
 def ids_for(n: int, seed: int = 0) -> torch.Tensor:

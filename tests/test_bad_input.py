@@ -180,7 +180,7 @@ def test_bad_yaml_files(tmp_path, content, message):
     "salience.novelty_table_bits=34", "salience.novelty_table_bits=64", "salience.novelty_table_bits=0",
     "calibration.tokens=0", "data.dev_samples=0", "data.train_samples=0", "train.phase4_steps=0",
     "train.phase5_steps=-1", "train.phase6_steps=0", "train.phase7_steps=0", "salience.ngram=0",
-    "memory.titans_pages=0", "train.max_steps=-1",
+    "memory.titans.pages=0", "train.max_steps=-1",
 ])
 def test_bad_config_values_are_one_line(override):
     key = override.split("=")[0]

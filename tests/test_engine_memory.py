@@ -10,7 +10,8 @@ from symphony.runtime.cache import BoundedCache
 from symphony.config import load_config
 from symphony.runtime.engine import engine_from_config
 from symphony.errors import SymphonyError
-from symphony.memory.inject import find_checkpoint, inject, memory_adapters, pointer_heads, save_adapters
+from symphony.memory.checkpoint import find_checkpoint, save_adapters
+from symphony.memory.inject import inject, memory_adapters, pointer_heads
 from symphony.memory.pointer import RouterScorer
 from symphony.models.tiny import tiny_model
 from stream_helpers import SMALL, engine, ids_for, segment_logits
@@ -224,7 +225,7 @@ def test_cli_checkpoint_changes_symphony_only(tmp_path):
 
     from symphony.cli.main import main
     from symphony.io import read_json
-    from symphony.memory.inject import load_adapters
+    from symphony.memory.checkpoint import load_adapters
 
     run = tmp_path / "run"
     invoke = lambda *a: CliRunner().invoke(main, [str(x) for x in a], catch_exceptions=False)  # noqa: E731

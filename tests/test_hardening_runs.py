@@ -15,7 +15,8 @@ from cli_helpers import invoke, one_line_error
 from symphony.pipeline.phases import get_phase
 from symphony.config import load_config
 from symphony.errors import SymphonyError
-from symphony.memory.inject import ADAPTERS_FILE, find_checkpoint, inject, load_adapters, load_checkpoint
+from symphony.memory.checkpoint import ADAPTERS_FILE, find_checkpoint, load_adapters, load_checkpoint
+from symphony.memory.inject import inject
 from symphony.models.tiny import tiny_model
 from symphony.pipeline.runs import config_args, manifest_path, phase_command, phase_dir, read_manifest
 from symphony.pipeline.loop import RUNNING_METRICS, STATE_DIR, load_train_state, save_train_state
@@ -154,7 +155,7 @@ def test_failed_forced_training_phase_keeps_the_previous_one(tmp_path, pipeline_
 
 
 def test_failed_forced_phase2_keeps_the_previous_one(tmp_path, pipeline_run, monkeypatch):
-    import symphony.memory.inject as inject_module
+    import symphony.memory.checkpoint as checkpoint_module
 
     run = copy_run(pipeline_run[0], tmp_path / "run")
     before = snapshot(phase_dir(run, 2))
@@ -162,7 +163,7 @@ def test_failed_forced_phase2_keeps_the_previous_one(tmp_path, pipeline_run, mon
     def no_manifest(*args, **kwargs):
         raise Boom
 
-    monkeypatch.setattr(inject_module, "atomic_write_json", no_manifest)  # after the adapters file is written
+    monkeypatch.setattr(checkpoint_module, "atomic_write_json", no_manifest)  # after the adapters file is written
     with pytest.raises(Boom):
         get_phase(2)(tiny("memory.kind=titans"), run, force=True, progress=False)  # other adapters
     assert snapshot(phase_dir(run, 2)) == before

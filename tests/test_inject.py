@@ -14,16 +14,17 @@ from symphony.config import load_config
 from symphony.runtime.engine import StreamingEngine
 from symphony.errors import SymphonyError
 from symphony.memory.adapter import MemoryAdapter
+from symphony.memory.checkpoint import ADAPTERS_FILE, load_adapters, load_checkpoint, save_adapters
 from symphony.memory.inject import (
-    ADAPTERS_FILE, adapter_parameters, adapter_state_dict, inject, load_adapters, load_checkpoint, memory_adapters,
-    memory_states, pointer_heads, remove_adapters, reset_memory_states, save_adapters, set_memory_states,
+    adapter_parameters, adapter_state_dict, inject, memory_adapters, memory_states, pointer_heads, remove_adapters,
+    reset_memory_states, set_memory_states,
 )
 from symphony.memory.titans import TitansState
 from symphony.models.compat import with_cache
 from symphony.models.tiny import tiny_model
 from symphony.pipeline.runs import manifest_path, read_manifest
 
-SMALL = ["memory.holo_dim=32", "memory.chunk_size=16", "memory.titans_hidden=16"]
+SMALL = ["memory.fhrr.holo_dim=32", "memory.chunk_size=16", "memory.titans.hidden=16"]
 SMALL_ARGS = [a for s in SMALL for a in ("-s", s)]
 
 
@@ -146,7 +147,7 @@ def test_layer_selection_and_errors():
 
 @pytest.mark.parametrize("override,key", [
     ("memory.kind=hopfield", "memory.kind"), ("memory.layers=last:0", "memory.layers"),
-    ("memory.layers=one", "memory.layers"), ("memory.holo_dim=0", "memory.holo_dim"),
+    ("memory.layers=one", "memory.layers"), ("memory.fhrr.holo_dim=0", "memory.fhrr.holo_dim"),
     ("memory.pointer=maybe", "memory.pointer"),
 ])
 def test_memory_config_is_validated(override, key):
@@ -184,7 +185,7 @@ def test_checkpoint_round_trip(saved):
 
 
 @pytest.mark.parametrize("extra,words", [
-    (["memory.holo_dim=64"], ["shape mismatch", "memory_adapter.memory.proj"]),
+    (["memory.fhrr.holo_dim=64"], ["shape mismatch", "memory_adapter.memory.proj"]),
     (["memory.layers=0"], ["unexpected keys", "model.layers.1.mlp.memory_adapter"]),
     (["memory.pointer=off"], ["unexpected keys", "symphony_pointer"]),
     (["memory.kind=titans"], ["missing keys", "unexpected keys"]),
@@ -267,7 +268,7 @@ def test_phase2_cli_after_phase1(tmp_path):
     assert m["name"] == "inject" and m["logits_equal"] is True and m["max_abs_diff"] == 0.0
     assert m["memory"]["kind"] == "fhrr" and m["memory"]["layers"] == [0, 1] and m["memory"]["adapters"] == 2
     assert m["parameters"]["trainable"] == m["adapters"]["parameters"] > 0
-    assert m["verification"]["tokens"] == 256 and m["config"]["memory"]["holo_dim"] == 32
+    assert m["verification"]["tokens"] == 256 and m["config"]["memory"]["fhrr"]["holo_dim"] == 32
     assert (tmp_path / "phase2" / ADAPTERS_FILE).is_file()
     # the checkpoint loads into a model injected from the same config
     model = fresh_model()

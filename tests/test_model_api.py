@@ -147,7 +147,7 @@ def test_position_ids_task_ids_and_baselines():
 
 
 def test_from_config_and_module_behaviour(tmp_path):
-    from symphony.memory.inject import save_adapters
+    from symphony.memory.checkpoint import save_adapters
 
     sm, model, cfg = symphony_model(persistent=P, tasks=3)
     save_adapters(model, tmp_path / "run" / "final", {"config": cfg.to_dict()})

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from symphony.config import load_config
 from symphony.runtime.engine import ChatSession, StreamingEngine, engine_from_config
 from symphony.errors import SymphonyError
-from symphony.memory.inject import adapter_state_dict, inject, load_checkpoint, memory_adapters, save_adapters
+from symphony.memory.checkpoint import load_checkpoint, save_adapters
+from symphony.memory.inject import adapter_state_dict, inject, memory_adapters
 from symphony.memory.persistent import PersistentMemory, persistent_memory
 from symphony.models.tiny import tiny_model
 from stream_helpers import SMALL, engine, ids_for, segment_logits
@@ -119,7 +120,7 @@ def test_inject_is_seeded_and_checkpoints_carry_the_persistent_tokens(tmp_path):
     # strict keys: a checkpoint without persistent tokens does not load into a model that has them
     cfg0, model0 = injected("memory.kind=fhrr")
     save_adapters(model0, tmp_path / "plain", {"config": cfg0.to_dict()})
-    from symphony.memory.inject import load_adapters
+    from symphony.memory.checkpoint import load_adapters
 
     with pytest.raises(SymphonyError, match="missing keys: symphony_persistent.embeddings"):
         load_adapters(model, tmp_path / "plain")
@@ -164,7 +165,7 @@ def test_gradients_reach_the_persistent_tokens_through_every_truncated_window():
 
 
 def test_page_switches_are_reported_per_layer():
-    paged = ["memory.kind=titans", "memory.titans_pages=2", "memory.titans_page_threshold=0.0"]
+    paged = ["memory.kind=titans", "memory.titans.pages=2", "memory.titans.page_threshold=0.0"]
     cfg, model = injected(*paged, gate=1.0)
     eng = engine(model, cfg, sinks=2, ledger=8, window=16, segment_len=16, span_len=4)
     stream = eng.new_stream()
@@ -187,7 +188,7 @@ def test_page_switches_are_reported_per_layer():
 def test_chat_status_and_cli_report_page_switches_and_task_id_errors(tiny_loaded, tmp_path):
     from symphony.cli.main import _status_line, main
 
-    paged = ["memory.kind=titans", "memory.titans_pages=2", "memory.titans_page_threshold=0.0"]
+    paged = ["memory.kind=titans", "memory.titans.pages=2", "memory.titans.page_threshold=0.0"]
     cfg, model = injected(*paged, gate=1.0)
     session = ChatSession(StreamingEngine(model, tiny_loaded.tokenizer, dataclasses.replace(
         cfg.cache, sinks=2, ledger=8, window=16, segment_len=16), cfg.salience))

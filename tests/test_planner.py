@@ -236,7 +236,7 @@ def test_plan_command_has_help():
 def test_plan_counts_memory_adapters_and_persistent_slots():
     """Adapters add their parameters + recurrent state (fixed) and one float32 input row per slot and layer;
     persistent-memory tokens are part of the configured budget and reserved out of the suggested split."""
-    from symphony.memory.inject import build_memory
+    from symphony.memory.kinds import build_memory
 
     no_pointer = "memory.pointer=false"  # the pointer heads' bytes are not part of this sum
     base = plan_for(load_config("tiny", ["memory.kind=none", no_pointer]), "1GB")

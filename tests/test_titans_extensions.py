@@ -14,7 +14,7 @@ from einops import rearrange, repeat
 from symphony.config import MemoryConfig
 from symphony.memory import TitansConfig, TitansMemory, state_nbytes
 from symphony.memory.complexity import dmd_residual, gated_forget, wedge_complexity
-from symphony.memory.inject import build_memory
+from symphony.memory.kinds import TitansSettings, build_memory
 from symphony.memory.titans import chunk_gates, memory_step, mlp_apply, page_switches
 
 BASE = dict(dim=24, heads=2, hidden=20, chunk_size=8, lr_init=0.3, momentum_init=0.8, forget_init=0.05)
@@ -358,10 +358,11 @@ def test_config_validation_and_build_memory_passes_flags_through():
     for bad in (dict(num_pages=0), dict(complexity_blend=1.5), dict(complexity_dim=-1)):
         with pytest.raises(ValueError):
             TitansMemory(TitansConfig(**{**BASE, **bad}))
-    assert (MemoryConfig().titans_symplectic, MemoryConfig().titans_pages, MemoryConfig().titans_page_threshold) == \
+    assert (MemoryConfig().titans.symplectic, MemoryConfig().titans.pages, MemoryConfig().titans.page_threshold) == \
         (False, 1, 0.5)
-    mem = build_memory(MemoryConfig(kind="titans", chunk_size=8, titans_symplectic=True, titans_pages=3,
-                                    titans_page_threshold=0.25), dim=24, model_heads=2)
+    mem = build_memory(MemoryConfig(kind="titans", chunk_size=8,
+                                    titans=TitansSettings(symplectic=True, pages=3, page_threshold=0.25)),
+                       dim=24, model_heads=2)
     assert (mem.cfg.use_symplectic_gating, mem.cfg.num_pages, mem.cfg.page_threshold) == (True, 3, 0.25)
     plain = build_memory(MemoryConfig(kind="titans", chunk_size=8), dim=24, model_heads=2)
     assert (plain.cfg.use_symplectic_gating, plain.cfg.num_pages) == (False, 1) and not plain.uses_complexity

@@ -18,9 +18,9 @@ from symphony.pipeline.phases import get_phase
 from symphony.cli.main import main
 from symphony.config import load_config
 from symphony.errors import SymphonyError
-from symphony.memory.inject import ADAPTERS_FILE
+from symphony.memory.checkpoint import ADAPTERS_FILE
 
-MEMORY = ["memory.kind=fhrr", "memory.pointer=true", "memory.holo_dim=32", "memory.chunk_size=16"]
+MEMORY = ["memory.kind=fhrr", "memory.pointer=true", "memory.fhrr.holo_dim=32", "memory.chunk_size=16"]
 
 
 def cfg_for(*extra):
@@ -149,7 +149,7 @@ def test_changed_settings_need_force(tmp_path, prepared):
 
 def test_nothing_to_train_is_skipped_not_faked(tmp_path):
     run = tmp_path / "run"
-    cfg = load_config("tiny", ["memory.kind=fhrr", "memory.holo_dim=32", "memory.pointer=false"])  # no pointer heads
+    cfg = load_config("tiny", ["memory.kind=fhrr", "memory.fhrr.holo_dim=32", "memory.pointer=false"])  # no pointer heads
     for n in (1, 2, 3, 4):
         get_phase(n)(cfg, run, progress=False)
     out = get_phase(5)(cfg, run, progress=False)

@@ -32,7 +32,7 @@ def checkpoint_option(fn):
     @functools.wraps(fn)
     def wrapper(*args, checkpoint, **kwargs):
         if checkpoint is not None:
-            from symphony.memory.inject import find_checkpoint
+            from symphony.memory.checkpoint import find_checkpoint
 
             kwargs["cfg"].memory.checkpoint = str(find_checkpoint(checkpoint))  # fail now, not after loading
         return fn(*args, **kwargs)

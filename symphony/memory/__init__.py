@@ -1,46 +1,28 @@
 """Fixed-size memories for what the bounded cache evicts: FHRR holographic memory and Titans neural memory.
 
-Both share one interface, `out, state = mem(hidden_states [B, S, dim], state, write_mask=None)`: state
-None starts a fresh memory, the returned state carries across calls, its size never grows.
+Every kind shares one interface (`symphony.memory.kinds.Memory`), `out, state = mem(hidden_states [B, S, dim],
+state, write_mask=None)`: state None starts a fresh memory, the returned state carries across calls, its size
+never grows. `symphony.memory.kinds` lists the kinds. Names are imported on first use, so that the config (which
+reads the kinds' settings) does not load torch.
 """
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-
-from symphony.memory.fhrr import FHRRConfig, FHRRMemory
-from symphony.memory.titans import TitansConfig, TitansMemory, TitansState
-
-__all__ = ["FHRRConfig", "FHRRMemory", "TitansConfig", "TitansMemory", "TitansState", "state_nbytes",
-           "state_tensors", "detach_state"]
-
-
-def state_tensors(state: Any):
-    """The tensors of a memory state (any nesting of tuples, lists, dicts)."""
-    if isinstance(state, torch.Tensor):
-        yield state
-    elif isinstance(state, (tuple, list)):
-        for item in state:
-            yield from state_tensors(item)
-    elif isinstance(state, dict):
-        for item in state.values():
-            yield from state_tensors(item)
+_PUBLIC = {
+    "FHRRConfig": "symphony.memory.fhrr",
+    "FHRRMemory": "symphony.memory.fhrr",
+    "TitansConfig": "symphony.memory.titans",
+    "TitansMemory": "symphony.memory.titans",
+    "TitansState": "symphony.memory.titans",
+    "state_nbytes": "symphony.memory.state",
+    "state_tensors": "symphony.memory.state",
+    "detach_state": "symphony.memory.state",
+}
+__all__ = sorted(_PUBLIC)
 
 
-def state_nbytes(state: Any) -> int:
-    """Bytes held by the tensors of a memory state."""
-    return sum(t.nbytes for t in state_tensors(state))
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        import importlib
 
-
-def detach_state(state: Any) -> Any:
-    """The same state cut from the autograd graph (truncated BPTT between segments)."""
-    if isinstance(state, torch.Tensor):
-        return state.detach()
-    if isinstance(state, tuple) and hasattr(state, "_fields"):
-        return type(state)(*(detach_state(s) for s in state))
-    if isinstance(state, (tuple, list)):
-        return type(state)(detach_state(s) for s in state)
-    if isinstance(state, dict):
-        return {k: detach_state(v) for k, v in state.items()}
-    return state
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'symphony.memory' has no attribute {name!r}")

@@ -3,9 +3,9 @@
     mlp_out' = mlp_out + gate · memory(x)          x: the MLP's input (the post-attention-normed hidden state)
 
 `gate` is one scalar parameter, initialised to exactly 0.0, so an injected, untrained model computes
-bit for bit what the base model computes (0 · finite = 0 and y + 0 = y). The memory (FHRR or Titans)
-normalises its own input and ends in a random output projection: without the zero gate the branch
-would change the model at once.
+bit for bit what the base model computes (0 · finite = 0 and y + 0 = y). The memory (any kind in
+`symphony.memory.kinds`; this class uses only its `Memory` interface) normalises its own input and ends in a
+random output projection: without the zero gate the branch would change the model at once.
 
 The adapter is attached with a forward hook on the MLP and registered as the MLP's child
 `memory_adapter`, so the MLP object and every base parameter name stay as they were (the base
@@ -31,12 +31,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from symphony.memory import state_tensors
+from symphony.memory.state import state_tensors
 
 ATTR = "memory_adapter"  # the adapter's name as a child of the MLP
 
 
 class MemoryAdapter(nn.Module):
+    calibrated_parameters = ("gate",)  # phase 6 calibrates the gate (and what the memory itself declares)
+
     def __init__(self, memory: nn.Module, kind: str, layer_idx: int, gate_init: float = 0.0):
         super().__init__()
         self.memory = memory

@@ -168,6 +168,8 @@ class FHRRMemory(nn.Module):
     `write_mask` [B, S] (1 = store, 0 = read only) lets the caller store only, e.g., evicted tokens.
     """
 
+    calibrated_parameters = ("to_beta", "decay_w")  # phase 6: the write gate and the decay
+
     def __init__(self, cfg: FHRRConfig):
         super().__init__()
         self.cfg = cfg

@@ -55,6 +55,8 @@ class RouterScorer:
 
 
 class CopyHead(nn.Module):
+    calibrated_parameters = ("gate", "gate_scale")  # phase 6 calibrates the copy gate
+
     def __init__(self, hidden_size: int, embed_size: int, key_size: int = 128):
         super().__init__()
         self.q = nn.Linear(hidden_size, key_size, bias=False)
@@ -93,6 +95,15 @@ class CopyHead(nn.Module):
         the forward would let a step push it below 0, where the clamp passes no gradient and the copy
         head could never come back."""
         self.gate_scale.clamp_(0.0, 1.0)
+
+
+class PointerHeads(nn.Module):
+    """HEP-DNA's trainable parts, kept on the model as `symphony_pointer` so they save with the adapters."""
+
+    def __init__(self, hidden_size: int, embed_size: int):
+        super().__init__()
+        self.router = SalienceRouter(hidden_size)
+        self.copy_head = CopyHead(hidden_size, embed_size)  # gate_scale starts at exactly 0
 
 
 def causal_source_mask(query_pos: torch.Tensor, src_pos: torch.Tensor) -> torch.Tensor:

@@ -198,6 +198,8 @@ class TitansMemory(nn.Module):
     """x [B, S, dim] -> (out [B, S, dim], TitansState). `write_mask` [B, S] weights each token's loss
     (0 = read only); the engine can store only, e.g., evicted tokens."""
 
+    calibrated_parameters = ("to_gates",)  # phase 6: the inner learning rate, momentum and forget gates
+
     def __init__(self, cfg: TitansConfig):
         super().__init__()
         self.cfg = cfg

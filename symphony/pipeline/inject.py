@@ -14,13 +14,12 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from symphony.models.info import decoder_layers
-from symphony.config import SymphonyConfig, parse_layer_spec
+from symphony.config import SymphonyConfig, flat_memory_dict, parse_layer_spec
 from symphony.corpus import load_text, token_stream
 from symphony.errors import SymphonyError
 from symphony.pipeline.freeze import phase1_fingerprint
-from symphony.memory.inject import (
-    ADAPTERS_FILE, adapter_parameters, count_trainable, inject, pointer_heads, reset_memory_states, save_adapters,
-)
+from symphony.memory.checkpoint import ADAPTERS_FILE, save_adapters
+from symphony.memory.inject import adapter_parameters, count_trainable, inject, pointer_heads, reset_memory_states
 from symphony.models import freeze, load_model
 from symphony.models.compat import with_cache
 from symphony.pipeline.runs import (
@@ -32,8 +31,8 @@ VERIFY_SEGMENT = 256  # at most this many per forward: the memory state carries 
 
 
 def phase2_fingerprint(cfg: SymphonyConfig) -> str:
-    d = cfg.to_dict()
-    memory = {k: v for k, v in d["memory"].items() if k != "checkpoint"}  # what to load, not what to build
+    # flat, in the key names runs were made with before kinds had sections: their phase 2 stays up to date
+    memory = {k: v for k, v in flat_memory_dict(cfg.memory).items() if k != "checkpoint"}  # what to load, not build
     return fingerprint({"phase1": phase1_fingerprint(cfg), "memory": memory, "seed": cfg.seed})
 
 

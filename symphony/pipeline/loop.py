@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from symphony.errors import SymphonyError
 from symphony.io import atomic_replace_dir, atomic_write_bytes, atomic_write_json, read_json
-from symphony.memory.inject import ADAPTERS_FILE, adapter_state_dict
+from symphony.memory.checkpoint import ADAPTERS_FILE
+from symphony.memory.inject import adapter_state_dict
 from symphony.pipeline.runs import phase_command
 from symphony.pipeline.objective import stream_sample
 

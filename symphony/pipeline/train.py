@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from symphony.config import SymphonyConfig, parse_int_list
+from symphony.config import SymphonyConfig, parse_int_list, recorded_memory_config
 from symphony.errors import SymphonyError
-from symphony.memory.inject import (
-    ADAPTERS_FILE, adapter_state_dict, load_checkpoint, memory_adapters, pointer_heads, save_adapters,
-)
+from symphony.memory.checkpoint import ADAPTERS_FILE, load_checkpoint, save_adapters
+from symphony.memory.inject import adapter_state_dict, memory_adapters, pointer_heads
+from symphony.memory.kinds import calibrated_parameter_names
 from symphony.memory.persistent import PERSISTENT_ATTR, persistent_memory
 from symphony.pipeline.phases import phase_title
 from symphony.pipeline.runs import (
@@ -47,10 +47,7 @@ def effective_config(cfg: SymphonyConfig, run_dir: Path) -> SymphonyConfig:
     if (made.get("model") or {}).get("name") not in (None, cfg.model.name):
         raise SymphonyError(f"{run_dir} was built for model '{made['model']['name']}', not '{cfg.model.name}'; use the"
                             " same -c/--set options as phase 1, or another --run-dir")
-    for key, value in (made.get("memory") or {}).items():
-        if hasattr(out.memory, key) and key != "checkpoint":
-            setattr(out.memory, key, value)
-    out.memory.checkpoint = ""
+    out.memory = recorded_memory_config(made.get("memory") or {}, base=cfg.memory)
     return out
 
 
@@ -74,12 +71,6 @@ def adapters_sha256(manifest: dict) -> str | None:
     return (manifest.get("adapters") or {}).get("sha256")
 
 
-def _calibrated(name: str) -> bool:
-    """Phase 6's parameters: the adapter gates, FHRR decay and write gate, Titans' gate projection, copy gate."""
-    return name.rsplit(".", 1)[-1] in ("gate", "decay_w", "gate_scale") or any(
-        f".{k}." in name for k in ("to_gates", "to_beta", "gate"))
-
-
 def _trainable(model, phase: int, copy_head: bool = True) -> list[torch.nn.Parameter]:
     """Select this phase's parameters; every other adapter parameter is frozen for the phase. Parameters a
     memory holds fixed by config (e.g. FHRR phases with learn_phases off) stay fixed, and so does the copy
@@ -92,7 +83,8 @@ def _trainable(model, phase: int, copy_head: bool = True) -> list[torch.nn.Param
     persistent = [(f"{PERSISTENT_ATTR}.{n}", p) for n, p in pm.named_parameters()] if pm is not None else []
     everything = adapters + pointer + persistent
     learnable = {n for n, p in everything if p.requires_grad}  # as inject made them, on a fresh model
-    chosen = {4: adapters, 5: pointer, 6: [(n, p) for n, p in adapters + pointer if _calibrated(n)],
+    calibrated = calibrated_parameter_names(model)  # gates and decay, as each memory module declares them
+    chosen = {4: adapters, 5: pointer, 6: [(n, p) for n, p in adapters + pointer if n in calibrated],
               7: everything}[phase]
     names = {n for n, _ in chosen if n in learnable}
     params = []

@@ -71,7 +71,7 @@ class Stream:
 
     def page_switches(self) -> dict[int, int]:
         """Manifold-paging page switches so far per decoder layer ({layer: switches summed over the layer's memory
-        heads}), for the Titans adapters with paging (`memory.titans_pages > 1`); {} when there are none."""
+        heads}), for the Titans adapters with paging (`memory.titans.pages > 1`); {} when there are none."""
         from symphony.memory.titans import TitansState, page_switches
 
         out: dict[int, int] = {}
@@ -571,7 +571,7 @@ def engine_from_config(cfg, policy: str | None = None, progress: bool = True) ->
     loaded = load_model(cfg.model, seed=cfg.seed)
     freeze(loaded.model)
     if cfg.memory.checkpoint:
-        from symphony.memory.inject import load_checkpoint
+        from symphony.memory.checkpoint import load_checkpoint
 
         load_checkpoint(loaded.model, cfg.memory.checkpoint, model_name=cfg.model.name)
     heads = pointer_heads(loaded.model)
