@@ -283,7 +283,7 @@ def test_idempotent_and_refuses_other_config_without_force(run_dir):
 def test_failed_rebuild_keeps_the_old_dataset(run_dir, monkeypatch):
     run3(tiny(), run_dir)
     before = manifest_path(run_dir, 3).read_bytes()
-    from symphony.pipeline.dataset import tasks
+    from symphony.pipeline import tasks
 
     calls = {"n": 0}
     real = tasks.TaskBuilder.build

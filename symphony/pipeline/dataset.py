@@ -23,7 +23,7 @@ from symphony.corpus import load_text
 from symphony.pipeline.tasks import MAX_MULTIKEY_DISTRACTORS, Sample, TaskBuilder, corpus_words
 from symphony.errors import SymphonyError
 from symphony.pipeline.runs import (
-    fingerprint, made_otherwise, manifest_path, phase_command, phase_dir, read_manifest, staged_dir, write_manifest,
+    PhaseRun, fingerprint, manifest_path, phase_command, phase_dir, read_manifest, write_manifest,
 )
 
 PHASE = 3
@@ -148,13 +148,9 @@ def build_dataset(cfg: SymphonyConfig, run_dir: str | Path, force: bool = False,
     phase1 = read_manifest(run_dir, 1, needed_by=PHASE, config=cfg)
     model_cfg = check_phase1_model(cfg, phase1, run_dir)
     fp = phase3_fingerprint(cfg, str(phase1.get("fingerprint")))
-    out = phase_dir(run_dir, PHASE)
-    if manifest_path(run_dir, PHASE).is_file() and not force:
-        old = read_manifest(run_dir, PHASE, config=cfg)
-        if old.get("fingerprint") != fp:
-            raise made_otherwise(run_dir, PHASE, "a different data/model config", cfg)
-        if all((out / s).is_dir() for s in SPLITS):
-            return {**old, "status": "up-to-date"}
+    run = PhaseRun(run_dir, PHASE, fp, "a different data/model config", cfg, dirs=SPLITS)
+    if (done := run.up_to_date(force)) is not None:
+        return done
 
     from symphony.models.loading import load_tokenizer
 
@@ -167,7 +163,7 @@ def build_dataset(cfg: SymphonyConfig, run_dir: str | Path, force: bool = False,
 
     # both splits and the manifest are built aside and replace DIR/phase3 at once: a failed or interrupted
     # rebuild leaves the previous dataset whole, and a run dir never pairs a manifest with other splits
-    with staged_dir(out) as stage:
+    with run.stage() as stage:
         splits = {}
         with tqdm(total=sum(counts.values()), desc="phase 3 dataset", unit="sample", disable=not progress) as bar:
             for split in SPLITS:
@@ -189,7 +185,7 @@ def build_dataset(cfg: SymphonyConfig, run_dir: str | Path, force: bool = False,
             "example": _example(stage),
         }
         write_manifest(run_dir, PHASE, body, into=stage)
-    return {**read_manifest(run_dir, PHASE), "status": "written"}
+    return run.result()
 
 
 @contextlib.contextmanager

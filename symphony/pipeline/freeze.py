@@ -7,7 +7,7 @@ from symphony.pipeline.calibration import calibration_stats
 from symphony.config import SymphonyConfig
 from symphony.models import freeze, load_model, parameter_counts
 from symphony.models.info import context_window, kv_bytes_per_token
-from symphony.pipeline.runs import fingerprint, made_otherwise, manifest_path, read_manifest, write_manifest
+from symphony.pipeline.runs import PhaseRun, fingerprint, write_manifest
 
 
 def phase1_fingerprint(cfg: SymphonyConfig) -> str:
@@ -17,11 +17,9 @@ def phase1_fingerprint(cfg: SymphonyConfig) -> str:
 
 def run_freeze(cfg: SymphonyConfig, run_dir: str | Path, force: bool = False, progress: bool = True) -> dict:
     fp = phase1_fingerprint(cfg)
-    if manifest_path(run_dir, 1).is_file() and not force:
-        old = read_manifest(run_dir, 1, config=cfg)
-        if old.get("fingerprint") == fp:
-            return {**old, "status": "up-to-date"}
-        raise made_otherwise(run_dir, 1, "a different model/calibration config", cfg)
+    run = PhaseRun(run_dir, 1, fp, "a different model/calibration config", cfg)
+    if (done := run.up_to_date(force)) is not None:
+        return done
     loaded = load_model(cfg.model, seed=cfg.seed)
     model = loaded.model
     n_frozen = freeze(model)
@@ -50,5 +48,6 @@ def run_freeze(cfg: SymphonyConfig, run_dir: str | Path, force: bool = False, pr
         "parameters": {**parameter_counts(model), "frozen": n_frozen},
         "stats": stats,
     }
-    write_manifest(run_dir, 1, body)
-    return {**read_manifest(run_dir, 1), "status": "written"}
+    with run.stage() as stage:
+        write_manifest(run_dir, 1, body, into=stage)
+    return run.result()

@@ -22,9 +22,7 @@ from symphony.memory.checkpoint import ADAPTERS_FILE, save_adapters
 from symphony.memory.inject import adapter_parameters, count_trainable, inject, pointer_heads, reset_memory_states
 from symphony.models import freeze, load_model
 from symphony.models.compat import with_cache
-from symphony.pipeline.runs import (
-    fingerprint, made_otherwise, make_manifest, manifest_path, phase_command, phase_dir, read_manifest, staged_dir,
-)
+from symphony.pipeline.runs import PhaseRun, fingerprint, make_manifest, phase_command, read_manifest
 
 VERIFY_TOKENS = 512  # at most this many calibration tokens are compared
 VERIFY_SEGMENT = 256  # at most this many per forward: the memory state carries across segments
@@ -65,13 +63,9 @@ def run_inject(cfg: SymphonyConfig, run_dir: str | Path, force: bool = False, pr
             f" same -c/--set options as phase 1, or redo it: {phase_command(run_dir, 1, cfg, force=True)}"
         )
     fp = phase2_fingerprint(cfg)
-    out_dir = phase_dir(run_dir, 2)
-    if manifest_path(run_dir, 2).is_file() and not force:
-        old = read_manifest(run_dir, 2, config=cfg)
-        if old.get("fingerprint") == fp and (out_dir / ADAPTERS_FILE).is_file():
-            return {**old, "status": "up-to-date"}
-        if old.get("fingerprint") != fp:
-            raise made_otherwise(run_dir, 2, "a different memory/model config", cfg)
+    run = PhaseRun(run_dir, 2, fp, "a different memory/model config", cfg, files=(ADAPTERS_FILE,))
+    if (done := run.up_to_date(force)) is not None:
+        return done
     if cfg.memory.gate_init != 0.0:
         raise SymphonyError(
             f"phase 2 attaches adapters with a zero gate and proves the model unchanged; "
@@ -130,7 +124,7 @@ def run_inject(cfg: SymphonyConfig, run_dir: str | Path, force: bool = False, pr
         "logits_equal": equal,
         "max_abs_diff": max_diff,
     }
-    with staged_dir(out_dir) as stage:  # a failed redo leaves the previous phase 2 whole
+    with run.stage() as stage:
         save_adapters(model, stage, make_manifest(2, body))
-    return {**read_manifest(run_dir, 2), "status": "written"}
+    return run.result()
 

@@ -1,5 +1,6 @@
 """Run directories: one folder per phase, each with an atomically written manifest; the commands that
-(re)make a phase, spelled so that they run as printed."""
+(re)make a phase, spelled so that they run as printed; `PhaseRun`, the one rule for whether a phase is up to
+date, refused, or redone."""
 from __future__ import annotations
 
 import contextlib
@@ -9,11 +10,13 @@ import platform
 import shlex
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from symphony.errors import SymphonyError
 from symphony.io import atomic_replace_dir, atomic_write_json, read_json
+from symphony.pipeline.phases import PHASES
 
 
 def versions() -> dict[str, str]:
@@ -74,7 +77,7 @@ def _set_value(value: Any) -> str:
 def run_config(run_dir: str | Path, phase: int | None = None) -> dict | None:
     """The config a run was made with: the one `phase`'s manifest records, else the newest readable
     manifest's (later phases were run with every setting the earlier ones needed); None when none does."""
-    for n in ([phase] if phase else []) + list(range(7, 0, -1)):
+    for n in ([phase] if phase else []) + sorted(PHASES, reverse=True):
         try:
             config = read_json(manifest_path(run_dir, n)).get("config")
         except (OSError, ValueError, AttributeError):
@@ -177,3 +180,53 @@ def staged_dir(dst: str | Path) -> Iterator[Path]:
         atomic_replace_dir(stage, dst)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+# ---- one phase in one run dir ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PhaseRun:
+    """Phase `number` of the run in `run_dir`, as this call would make it (`fingerprint`). Every phase runner
+    asks it first whether there is anything to do (`up_to_date`), builds its new contents aside (`stage`)
+    and returns `result()`, so that skipping, refusing and redoing mean the same in every phase."""
+
+    run_dir: Path
+    number: int
+    fingerprint: str
+    made_with: str  # what other settings are called when refused, e.g. "a different data/model config"
+    config: Any = None  # this call's config (or dict): the refusal's hint rebuilds it
+    files: tuple[str, ...] = ()  # what a complete phase holds beside its manifest
+    dirs: tuple[str, ...] = ()
+    recorded: dict = field(default_factory=dict)  # further manifest fields that must match, where recorded
+
+    @property
+    def dir(self) -> Path:
+        return phase_dir(self.run_dir, self.number)
+
+    def complete(self) -> bool:
+        return all((self.dir / f).is_file() for f in self.files) and all((self.dir / d).is_dir() for d in self.dirs)
+
+    def up_to_date(self, force: bool = False, resumable: Callable[[], bool] | None = None) -> dict | None:
+        """The phase's manifest (status "up-to-date") when it was made with this fingerprint and is complete:
+        the runner returns it and does nothing. None when the phase is to be built: there is none, it is
+        incomplete, or `force`. A phase made with other settings is refused with the command that redoes it
+        (never overwritten without --force), unless `resumable()` says an interrupted redo with these
+        settings left a resume point."""
+        if force or not manifest_path(self.run_dir, self.number).is_file():
+            return None
+        old = read_manifest(self.run_dir, self.number, config=self.config)
+        same = old.get("fingerprint") == self.fingerprint and all(
+            old.get(key, value) == value for key, value in self.recorded.items())
+        if same and self.complete():
+            return {**old, "status": "up-to-date"}
+        if not same and not (resumable and resumable()):
+            raise made_otherwise(self.run_dir, self.number, self.made_with, self.config)
+        return None
+
+    def stage(self) -> contextlib.AbstractContextManager[Path]:
+        """The directory to build the phase in; it replaces DIR/phaseN only when the block completes, so a
+        failed or interrupted redo keeps the previous phase whole."""
+        return staged_dir(self.dir)
+
+    def result(self, status: str = "written") -> dict:
+        return {**read_manifest(self.run_dir, self.number), "status": status}

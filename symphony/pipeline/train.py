@@ -7,10 +7,12 @@
     7 finetune   every adapter and pointer parameter,      all samples; exports DIR/final
                  and the persistent-memory task tokens
 
-Each phase starts from the previous phase's adapters (phase 4 from phase 2's), takes the memory config
+Each phase is one `TrainingSpec` in its `phases.PHASES` row (what it trains, on which samples, whether the
+copy head and router learn, a curriculum, the export), read by the one `run_training_phase` below. A phase
+starts from the adapters of the phase its spec names (phase 4 from phase 2's), takes the memory config
 phase 2 recorded, and writes DIR/phaseN/{adapters.safetensors, manifest.json, metrics.jsonl, loss.png}. A phase
-is built aside and replaces the previous DIR/phaseN (and phase 7 DIR/final) only once complete: a failed
-or interrupted redo (--force) leaves the previous result in place.
+is built aside and replaces the previous DIR/phaseN (and DIR/final, for the phase that exports it) only once
+complete: a failed or interrupted redo (--force) leaves the previous result in place.
 """
 from __future__ import annotations
 
@@ -26,9 +28,9 @@ from symphony.memory.checkpoint import ADAPTERS_FILE, load_checkpoint, save_adap
 from symphony.memory.inject import adapter_state_dict, memory_adapters, pointer_heads
 from symphony.memory.kinds import calibrated_parameter_names
 from symphony.memory.persistent import PERSISTENT_ATTR, persistent_memory
-from symphony.pipeline.phases import phase_title
+from symphony.pipeline.phases import PHASES, TrainingSpec, phase_title, training_spec
 from symphony.pipeline.runs import (
-    fingerprint, made_otherwise, make_manifest, manifest_path, phase_command, phase_dir, read_manifest, staged_dir,
+    PhaseRun, fingerprint, make_manifest, manifest_path, phase_command, phase_dir, read_manifest, staged_dir,
     symphony_command,
 )
 from symphony.pipeline.dev import dev_score, evaluate_dev
@@ -51,13 +53,8 @@ def effective_config(cfg: SymphonyConfig, run_dir: Path) -> SymphonyConfig:
     return out
 
 
-def previous_phase(phase: int) -> int:
-    """The phase whose adapters `phase` starts from (phase 4 starts from phase 2's injected ones)."""
-    return phase - 1 if phase > 4 else 2
-
-
 def _previous_adapters(run_dir: Path, phase: int, cfg: SymphonyConfig) -> Path:
-    prev = previous_phase(phase)
+    prev = training_spec(phase).starts_from
     read_manifest(run_dir, prev, needed_by=phase, config=cfg)
     d = phase_dir(run_dir, prev)
     if not (d / ADAPTERS_FILE).is_file():
@@ -79,13 +76,14 @@ def _trainable(model, phase: int, copy_head: bool = True) -> list[torch.nn.Param
     heads = pointer_heads(model)
     pointer = [(f"symphony_pointer.{n}", p) for n, p in heads.named_parameters()
                if copy_head or not n.startswith("copy_head.")] if heads is not None else []
-    pm = persistent_memory(model)  # persistent task tokens: phase 7 only
+    pm = persistent_memory(model)  # persistent task tokens: only a phase that trains "everything"
     persistent = [(f"{PERSISTENT_ATTR}.{n}", p) for n, p in pm.named_parameters()] if pm is not None else []
     everything = adapters + pointer + persistent
     learnable = {n for n, p in everything if p.requires_grad}  # as inject made them, on a fresh model
     calibrated = calibrated_parameter_names(model)  # gates and decay, as each memory module declares them
-    chosen = {4: adapters, 5: pointer, 6: [(n, p) for n, p in adapters + pointer if n in calibrated],
-              7: everything}[phase]
+    chosen = {"adapters": adapters, "pointer": pointer,
+              "calibrated": [(n, p) for n, p in adapters + pointer if n in calibrated],
+              "everything": everything}[training_spec(phase).trains]
     names = {n for n, _ in chosen if n in learnable}
     params = []
     for n, p in everything:
@@ -95,13 +93,14 @@ def _trainable(model, phase: int, copy_head: bool = True) -> list[torch.nn.Param
     return params
 
 
-def _pool(dataset, phase: int, max_len: int | None = None) -> list[int]:
+def _pool(dataset, samples: str, max_len: int | None = None) -> list[int]:
+    """The rows a phase trains on: `samples` ("lm", "tasks" or "all") of at most `max_len` tokens."""
     kinds, lengths = dataset["kind"], dataset["length"]
     keep = []
     for i, (kind, n) in enumerate(zip(kinds, lengths)):
-        if phase == 4 and kind != "lm":
+        if samples == "lm" and kind != "lm":
             continue
-        if phase == 5 and kind == "lm":
+        if samples == "tasks" and kind == "lm":
             continue
         if max_len is not None and n > max_len:
             continue
@@ -110,7 +109,7 @@ def _pool(dataset, phase: int, max_len: int | None = None) -> list[int]:
 
 
 class BestKeeper:
-    """Phase 6: dev evaluation at each stage end; keeps the best adapters seen (resumable)."""
+    """A curriculum: dev evaluation at each stage end; keeps the best adapters seen (resumable)."""
 
     def __init__(self, engine, dev, use_copy: bool, stage_steps: int, stages: list[int], progress: bool):
         self.engine, self.dev, self.use_copy = engine, dev, use_copy
@@ -151,7 +150,7 @@ class BestKeeper:
 
 
 def phase_fingerprint(cfg: SymphonyConfig, run_dir: Path, phase: int) -> str:
-    prev = previous_phase(phase)
+    prev = training_spec(phase).starts_from
     d = cfg.to_dict()
     return fingerprint({"phase": phase, "prev": read_manifest(run_dir, prev).get("fingerprint"),
                         "data": read_manifest(run_dir, 3).get("fingerprint"), "train": d["train"],
@@ -164,6 +163,7 @@ def run_training_phase(cfg: SymphonyConfig, run_dir: str | Path, phase: int, for
     from symphony.runtime.engine import StreamingEngine
     from symphony.models import freeze, load_model
 
+    spec = training_spec(phase)
     run_dir = Path(run_dir).expanduser()
     read_manifest(run_dir, phase - 1, needed_by=phase, config=cfg)  # the immediate prerequisite is named first
     read_manifest(run_dir, 3, needed_by=phase, config=cfg)
@@ -171,18 +171,16 @@ def run_training_phase(cfg: SymphonyConfig, run_dir: str | Path, phase: int, for
     cfg = effective_config(cfg, run_dir)
     fp = phase_fingerprint(cfg, run_dir, phase)
     # the weights it starts from: a redone earlier phase (even with the same settings) makes this one stale
-    from_sha = adapters_sha256(read_manifest(run_dir, previous_phase(phase)))
+    start = read_manifest(run_dir, spec.starts_from)
+    from_sha = adapters_sha256(start)
     state_fp = fingerprint({"phase": fp, "from": from_sha})
-    out_dir = phase_dir(run_dir, phase)
+    run = PhaseRun(run_dir, phase, fp, "other settings (or from other earlier phases)", cfg, files=(ADAPTERS_FILE,),
+                   recorded={"from_sha256": from_sha})
+    # a redo with these settings that was interrupted resumes from its resume point
+    if (done := run.up_to_date(force, resumable=lambda: has_train_state(run.dir, state_fp))) is not None:
+        return done
     if force:
-        clear_train_state(out_dir)
-    elif manifest_path(run_dir, phase).is_file():
-        old = read_manifest(run_dir, phase, config=cfg)
-        same = old.get("fingerprint") == fp and old.get("from_sha256", from_sha) == from_sha
-        if same and (out_dir / ADAPTERS_FILE).is_file():
-            return {**old, "status": "up-to-date"}
-        if not same and not has_train_state(out_dir, state_fp):  # (a redo in progress resumes)
-            raise made_otherwise(run_dir, phase, "other settings (or from other earlier phases)", cfg)
+        clear_train_state(run.dir)
 
     train, dev = load_split(run_dir, "train"), load_split(run_dir, "dev")
     loaded = load_model(cfg.model, seed=cfg.seed)
@@ -196,47 +194,27 @@ def run_training_phase(cfg: SymphonyConfig, run_dir: str | Path, phase: int, for
     if has_pointer and not cfg.memory.copy_head:  # built without the copy head: its gate stays shut
         with torch.no_grad():
             heads.copy_head.gate_scale.zero_()
-    use_copy = has_pointer and cfg.memory.copy_head and phase in (5, 6, 7)
-    use_router = has_pointer and phase in (5, 7)
-    t = cfg.train
-    cap = (lambda n: min(n, t.max_steps)) if t.max_steps > 0 else (lambda n: n)
+    use_copy = has_pointer and cfg.memory.copy_head and spec.copy
+    use_router = has_pointer and spec.router
     body: dict = {"name": phase_title(phase), "fingerprint": fp, "config": cfg.to_dict(), "from": str(prev_dir),
                   "from_sha256": from_sha, "trainable_parameters": sum(p.numel() for p in params)}
 
     if not params:
-        why = "memory.kind is none" if phase == 4 else "memory.pointer is off" if phase == 5 else "no adapters"
-        body.update(status="skipped", reason=f"nothing to train in phase {phase}: {why}")
+        body.update(status="skipped", reason=f"nothing to train in phase {phase}: {spec.idle}")
         if is_main_process():
-            _publish(model, run_dir, phase, body)
+            _publish(model, run, spec, body)
         wait_for_everyone()
-        return {**read_manifest(run_dir, phase), "status": "skipped"}
+        return run.result("skipped")
 
-    prev_manifest = read_manifest(run_dir, phase - 1)
-    if prev_manifest.get("dev_after") and prev_manifest.get("use_copy") == use_copy and phase > 4:
-        body["dev_before"] = prev_manifest["dev_after"]  # the same weights on the same dev split
+    if start.get("dev_after") and start.get("use_copy") == use_copy:
+        body["dev_before"] = start["dev_after"]  # the same weights on the same dev split
     else:
         body["dev_before"] = evaluate_dev(engine, dev, use_copy, progress=progress)
     body["use_copy"] = use_copy
-    keeper = None
-    if phase == 6:
-        stages = parse_int_list(t.curriculum, "train.curriculum")
-        per_stage = cap(t.phase6_steps)
-        pools = [_pool(train, phase, n) for n in stages]
-        for n, pool in zip(stages, pools):
-            if not pool:
-                raise SymphonyError(f"phase 6: no training sample of at most {n} tokens for the curriculum stage; "
-                                    f"set train.curriculum to lengths within data.lengths ({cfg.data.lengths})")
-        samplers = [epoch_sampler(pool, cfg.seed + 6 + s) for s, pool in enumerate(pools)]
-        sampler = lambda step, k: samplers[step // per_stage](step % per_stage, k)  # noqa: E731
-        steps = per_stage * len(stages)
-        keeper = BestKeeper(engine, dev, use_copy, per_stage, stages, progress)
-        keeper.start(body["dev_before"])  # the weights phase 6 starts from are a candidate too
-    else:
-        steps = cap(getattr(t, f"phase{phase}_steps"))
-        sampler = epoch_sampler(_pool(train, phase), cfg.seed + phase)
-    spec = LoopSpec(phase, out_dir, params, steps, sampler, use_copy, use_router, state_fp, keeper=keeper,
-                    on_step_end=keeper.on_step_end if keeper else None)
-    summary = train_loop(cfg, engine, train, spec, progress=progress, on_step=on_step)
+    steps, sampler, keeper = _schedule(spec, phase, cfg, train, engine, dev, use_copy, body["dev_before"], progress)
+    loop_spec = LoopSpec(phase, run.dir, params, steps, sampler, use_copy, use_router, state_fp, keeper=keeper,
+                         on_step_end=keeper.on_step_end if keeper else None)
+    summary = train_loop(cfg, engine, train, loop_spec, progress=progress, on_step=on_step)
     if keeper is not None:
         keeper.load_best()
         body["stages"] = keeper.history
@@ -246,26 +224,48 @@ def run_training_phase(cfg: SymphonyConfig, run_dir: str | Path, phase: int, for
     if has_pointer:
         body["copy_gate_scale"] = round(heads.copy_head.gate_scale.item(), 6)
     if is_main_process():  # data-parallel runs: one process writes
-        _publish(model, run_dir, phase, body, trained=True)
+        _publish(model, run, spec, body, trained=True)
     wait_for_everyone()
-    return {**read_manifest(run_dir, phase), "status": "written"}
+    return run.result()
 
 
-def _publish(model, run_dir: Path, phase: int, body: dict, trained: bool = False) -> None:
+def _schedule(spec: TrainingSpec, phase: int, cfg: SymphonyConfig, train, engine, dev, use_copy: bool,
+              dev_before: dict, progress: bool):
+    """(steps, sampler, keeper): `train.phase<N>_steps` steps over the spec's samples (capped by
+    train.max_steps) or, with a curriculum, that many per stage of train.curriculum lengths, each stage
+    ending with a dev evaluation that keeps the best weights (`keeper`; None without a curriculum)."""
+    t = cfg.train
+    steps = getattr(t, f"phase{phase}_steps")
+    if t.max_steps > 0:
+        steps = min(steps, t.max_steps)
+    if not spec.curriculum:
+        return steps, epoch_sampler(_pool(train, spec.samples), cfg.seed + phase), None
+    stages = parse_int_list(t.curriculum, "train.curriculum")
+    pools = [_pool(train, spec.samples, n) for n in stages]
+    for n, pool in zip(stages, pools):
+        if not pool:
+            raise SymphonyError(f"phase {phase}: no training sample of at most {n} tokens for the curriculum stage; "
+                                f"set train.curriculum to lengths within data.lengths ({cfg.data.lengths})")
+    samplers = [epoch_sampler(pool, cfg.seed + phase + s) for s, pool in enumerate(pools)]
+    sampler = lambda step, k: samplers[step // steps](step % steps, k)  # noqa: E731
+    keeper = BestKeeper(engine, dev, use_copy, steps, stages, progress)
+    keeper.start(dev_before)  # the weights the phase starts from are a candidate too
+    return steps * len(stages), sampler, keeper
+
+
+def _publish(model, run: PhaseRun, spec: TrainingSpec, body: dict, trained: bool = False) -> None:
     """Write DIR/phaseN (adapters, manifest; metrics and loss curve when `trained`) aside and swap it in,
-    which also drops the resume point; a trained phase 7 then exports DIR/final the same way."""
+    which also drops the resume point; a trained phase whose spec exports DIR/final then writes it the same way."""
     from symphony.pipeline.plots import plot_losses
 
-    out_dir = phase_dir(run_dir, phase)
-    with staged_dir(out_dir) as stage:
-        if trained and (out_dir / RUNNING_METRICS).is_file():
-            shutil.copyfile(out_dir / RUNNING_METRICS, stage / METRICS_FILE)
-            plot_losses(stage / METRICS_FILE, stage / "loss.png", f"phase {phase} ({phase_title(phase)})")
-        save_adapters(model, stage, make_manifest(phase, body))
-    if trained and phase == 7:
-        with staged_dir(run_dir / "final") as stage:
-            save_adapters(model, stage, make_manifest(phase, {**body, "name": "final"}))
-
+    with run.stage() as stage:
+        if trained and (run.dir / RUNNING_METRICS).is_file():
+            shutil.copyfile(run.dir / RUNNING_METRICS, stage / METRICS_FILE)
+            plot_losses(stage / METRICS_FILE, stage / "loss.png", f"phase {run.number} ({phase_title(run.number)})")
+        save_adapters(model, stage, make_manifest(run.number, body))
+    if trained and spec.exports_final:
+        with staged_dir(Path(run.run_dir) / "final") as stage:
+            save_adapters(model, stage, make_manifest(run.number, {**body, "name": "final"}))
 
 
 def check_pipeline_trains(cfg: SymphonyConfig, run_dir: str | Path, first: int, last: int) -> None:
@@ -285,7 +285,8 @@ def check_pipeline_trains(cfg: SymphonyConfig, run_dir: str | Path, first: int, 
     suggested = copy.deepcopy(cfg)
     suggested.memory.kind, suggested.memory.pointer = "titans", True
     start = min(first, 2)  # the memory is built by phase 2
-    args = ["pipeline", *(["--from", str(start)] if start != 1 else []), *(["--to", str(last)] if last != 7 else [])]
+    args = ["pipeline", *(["--from", str(start)] if start != 1 else []),
+            *(["--to", str(last)] if last != max(PHASES) else [])]
     command = symphony_command(args, run_dir, suggested, force=manifest_path(run_dir, 2).is_file())
     preset = " (or use -c smollm2-135m-cpu)" if cfg.model.name == "smollm2-135m" and cfg.preset != "smollm2-135m-cpu" \
         else ""
