@@ -122,3 +122,16 @@ def test_phases_1_to_4_skip_refuse_and_redo_alike(tmp_path):
         assert not any(p.name.startswith(".") for p in run_dir.iterdir())  # no staging left behind
     assert sorted(p.name for p in phase_dir(run_dir, 4).iterdir()) == \
         ["adapters.safetensors", "loss.png", "manifest.json", "metrics.jsonl"]
+
+
+def test_hints_for_an_old_run_keep_its_flat_memory_keys():
+    from symphony.config import load_config
+    from symphony.pipeline.runs import config_args
+
+    old = load_config("tiny").to_dict()
+    old["memory"] = {"kind": "titans", "pointer": True, "titans_pages": 2, "titans_hidden": 24, "holo_dim": 32,
+                     "layers": "last:2", "chunk_size": 16}  # as a manifest written before the nested keys
+    args = config_args(old)
+    assert "memory.titans.pages=2" in args and "memory.titans.hidden=24" in args and "memory.kind=titans" in args
+    rebuilt = load_config("tiny", [a for a in args[2:] if a != "--set"])
+    assert (rebuilt.memory.titans.pages, rebuilt.memory.titans.hidden) == (2, 24)

@@ -10,7 +10,7 @@ import platform
 import shlex
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -93,10 +93,14 @@ def config_args(config) -> list[str]:
     that differs from it. Nothing for a dict that is not a whole config (it names no preset)."""
     from symphony.config import load_config, preset_names
 
+    from symphony.config import recorded_memory_config
+
     d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     preset = d.get("preset")
     if not isinstance(preset, str):
         return []
+    if isinstance(d.get("memory"), dict):  # a manifest from an older version may hold the memory's old flat keys
+        d["memory"] = asdict(recorded_memory_config(d["memory"]))
     base = load_config(preset if preset in preset_names() else None)
     mine, theirs = _flatten(d), _flatten(base.to_dict())
     args = ["-c", base.preset]
