@@ -12,7 +12,7 @@ _PUBLIC = {
     "load_config": "symphony.config",
     "engine_from_config": "symphony.runtime.engine",
     "StreamingEngine": "symphony.runtime.engine",
-    "ChatSession": "symphony.runtime.engine",
+    "ChatSession": "symphony.runtime.chat",
     "SymphonyModel": "symphony.runtime.model",
     "BoundedCache": "symphony.runtime.cache",
     "SymphonyError": "symphony.errors",

@@ -334,11 +334,13 @@ def load_config(name_or_path: str | None = None, overrides: list[str] | tuple[st
 
 
 def validate(cfg: SymphonyConfig) -> None:
+    from symphony.runtime.policies import POLICIES  # the registry, which imports no torch
+
     choices = {
         "model.dtype": (cfg.model.dtype, ("float32", "bfloat16", "float16", "auto")),
         "model.device": (cfg.model.device, ("cpu", "cuda", "auto")),
         "model.quantization": (cfg.model.quantization, ("none", "4bit", "8bit")),
-        "cache.policy": (cfg.cache.policy, ("symphony", "sinks", "full")),
+        "cache.policy": (cfg.cache.policy, tuple(POLICIES)),
         "memory.kind": (cfg.memory.kind, kind_names()),
         "train.mixed_precision": (cfg.train.mixed_precision, ("no", "bf16", "fp16")),
         "train.optimizer": (cfg.train.optimizer, ("adamw", "adamw8bit")),

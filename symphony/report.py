@@ -6,6 +6,7 @@ import torch
 from symphony.config import SymphonyConfig
 from symphony.models.info import check_cache_in_context, context_window, kv_bytes_per_token
 from symphony.models.loading import load_config_only, resolve_device, resolve_dtype, resolve_source
+from symphony.runtime.policies import get_policy
 
 
 def fmt_bytes(n: float) -> str:
@@ -36,7 +37,7 @@ def model_facts(cfg: SymphonyConfig) -> dict[str, str]:
     kv_dtype = resolve_dtype(cfg.model.dtype, device)
     per_token = kv_bytes_per_token(config, kv_dtype.itemsize)
     c = cfg.cache
-    if cfg.cache.policy != "full":
+    if get_policy(c.policy).bounded:
         check_cache_in_context(c, config)
     slots = c.sinks + c.ledger + c.window + c.segment_len
     return {

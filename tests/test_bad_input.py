@@ -49,7 +49,7 @@ def test_suggested_budget_fits():
 # ---- text input --------------------------------------------------------------------------------------
 
 def test_whitespace_free_text_is_cut_at_a_bound(tmp_path):
-    from symphony.runtime.engine import iter_text_file
+    from symphony.runtime.chat import iter_text_file
 
     path = tmp_path / "minified.txt"
     text = "abcdefghij" * 20_000  # 200 KB on one line, no whitespace
@@ -62,7 +62,8 @@ def test_whitespace_free_text_is_cut_at_a_bound(tmp_path):
 _PEAK = """
 import resource, sys, torch
 from symphony.config import load_config
-from symphony.runtime.engine import engine_from_config, iter_text_file
+from symphony.runtime.chat import iter_text_file
+from symphony.runtime.engine import engine_from_config
 eng = engine_from_config(load_config("tiny"), progress=False)
 eng.feed = lambda stream, ids, all_logits=False: None  # measure reading + tokenising, not the model
 eng.compact = lambda stream: None
@@ -85,7 +86,7 @@ def test_whitespace_free_input_streams_at_the_peak_of_spaced_input(tmp_path):
 
 
 def test_undecodable_bytes_are_reported_once(tmp_path):
-    from symphony.runtime.engine import iter_text_file
+    from symphony.runtime.chat import iter_text_file
 
     path = tmp_path / "latin1.txt"
     path.write_bytes("caf\u00e9 cr\u00e8me ".encode("latin-1") * 3)
@@ -228,7 +229,8 @@ def test_corrupt_gguf_is_one_line(tmp_path):
 
 def test_generate_run_emits_no_future_warning(doc):
     from symphony.config import load_config
-    from symphony.runtime.engine import ChatSession, engine_from_config
+    from symphony.runtime.chat import ChatSession
+    from symphony.runtime.engine import engine_from_config
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -9,7 +9,8 @@ from click.testing import CliRunner
 
 from symphony.cli.main import main
 from symphony.config import load_config
-from symphony.runtime.engine import ChatSession, StreamingEngine, iter_text_file, sample
+from symphony.runtime.chat import ChatSession, iter_text_file
+from symphony.runtime.engine import StreamingEngine, sample
 from symphony.models.compat import with_cache
 from symphony.runtime.recall import RecallLedger
 

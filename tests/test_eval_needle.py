@@ -140,8 +140,8 @@ def test_full_over_the_memory_limit_is_recorded_not_run(tmp_path, monkeypatch, t
     monkeypatch.setattr(needle_eval, "held_bytes", lambda device: 0)
     model = tiny_loaded.model
     kv = kv_bytes_per_token(model.config, 4)
-    limit = projected_bytes(model, "full", 900, None, 64, kv, 0)  # 256 (+ prompt) fits, 1024 does not
-    assert limit > projected_bytes(model, "sinks", 1024, 196, 64, kv, 0)
+    limit = projected_bytes(model, 900, None, 64, kv, 0)  # 256 (+ prompt) fits, 1024 does not
+    assert limit > projected_bytes(model, 1024, 196, 64, kv, 0)  # sinks: 196 slots at any length
     out = tmp_path / "needle"
     res = invoke(BASE + ["--lengths", "256,1024", "--methods", "full,sinks", "--memory-limit", str(limit),
                          "--out", str(out)])

@@ -8,7 +8,8 @@ import torch
 from click.testing import CliRunner
 
 from symphony.config import load_config
-from symphony.runtime.engine import ChatSession, StreamingEngine, engine_from_config
+from symphony.runtime.chat import ChatSession
+from symphony.runtime.engine import StreamingEngine, engine_from_config
 from symphony.errors import SymphonyError
 from symphony.memory.checkpoint import load_checkpoint, save_adapters
 from symphony.memory.inject import adapter_state_dict, inject, memory_adapters

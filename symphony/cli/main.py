@@ -179,8 +179,10 @@ def _sampling_options(fn):
                       help="0 = greedy decoding.")(fn)
     fn = click.option("--top-p", type=FiniteFloatRange(min=0.0, max=1.0, min_open=True), default=1.0,
                       show_default=True, help="Nucleus sampling threshold, in (0, 1].")(fn)
-    fn = click.option("--policy", type=click.Choice(["symphony", "sinks", "full"]), default=None,
-                      help="Cache policy (default: cache.policy from the config).")(fn)
+    from symphony.runtime.policies import POLICIES, policies_help
+
+    fn = click.option("--policy", type=click.Choice(list(POLICIES)), default=None,
+                      help=f"Cache policy: {policies_help()} (default: cache.policy from the config).")(fn)
     return checkpoint_option(fn)
 
 
@@ -207,7 +209,8 @@ def _printer():
 @_task_option
 def generate(cfg, file, prompt, max_new_tokens, temperature, top_p, policy, task_id):
     """Stream a document of any length through the bounded cache, then answer PROMPT about it."""
-    from symphony.runtime.engine import ChatSession, engine_from_config
+    from symphony.runtime.chat import ChatSession
+    from symphony.runtime.engine import engine_from_config
 
     if not prompt.strip():
         raise SymphonyError("--prompt is empty; say what to do with the document, e.g. -p \"Summarise it.\"")
@@ -243,7 +246,8 @@ def chat(cfg, file, script, max_new_tokens, temperature, top_p, policy, task_id)
     """Constant-memory chat: every turn streams through the same bounded cache, so a conversation
     can go on forever. Reads turns from the keyboard, from piped stdin, or from --script.
     Type /exit to leave. After each turn a status line shows tokens seen, cache size and peak memory."""
-    from symphony.runtime.engine import ChatSession, engine_from_config
+    from symphony.runtime.chat import ChatSession
+    from symphony.runtime.engine import engine_from_config
 
     engine = engine_from_config(cfg, policy=policy, progress=True)
     session = ChatSession(engine, task_id=task_id)

@@ -28,9 +28,10 @@ def resolve_memory_limit(text: str | None, device: torch.device) -> int:
     return parse_memory_limit(text) if text else default_memory_limit(device)
 
 
-def projected_bytes(model, method: str, context_len: int, capacity: int | None, segment_len: int,
-                    kv_per_token: int, base_bytes: int) -> int:
+def projected_bytes(model, context_len: int, capacity: int | None, segment_len: int, kv_per_token: int,
+                    base_bytes: int) -> int:
     """Peak memory a method would need at `context_len`: what the process holds already (weights,
-    runtime) + the cache it would grow to + one segment's activations."""
-    slots = context_len + segment_len if method == "full" or capacity is None else capacity + segment_len
+    runtime) + the cache it would grow to (`capacity` slots, or the whole context when None: an
+    unbounded policy) + one segment's activations."""
+    slots = context_len + segment_len if capacity is None else capacity + segment_len
     return int(base_bytes + slots * kv_per_token + activation_bytes(model.config, segment_len, slots, model.dtype.itemsize))

@@ -1,8 +1,8 @@
-"""Methods compared by every eval: `full` (DynamicCache), `sinks` (StreamingLLM), `symphony`."""
+"""Methods compared by every eval: the registered cache policies (`symphony.runtime.policies`)."""
 from __future__ import annotations
 
-from symphony.runtime.engine import POLICIES
 from symphony.errors import SymphonyError
+from symphony.runtime.policies import POLICIES
 
 
 def parse_methods(text: str) -> list[str]:

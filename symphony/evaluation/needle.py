@@ -229,7 +229,7 @@ def run_needle(cfg, methods: list[str], out: Path, resume: bool = False, memory_
                  + cfg.cache.recall_budget + max_new_tokens)
         for m in todo:
             eng = engines[m]
-            proj = projected_bytes(model, m, n + extra, eng.capacity, cfg.cache.segment_len, kv_per_token, base)
+            proj = projected_bytes(model, n + extra, eng.capacity, cfg.cache.segment_len, kv_per_token, base)
             row: dict[str, Any] = {"method": m, "context_len": n, "depth": d, "trial": t, "expected": target.value,
                                    "generated": None, "correct": None, "seconds": None}
             bar.set_postfix_str(f"{m} {fmt_len(n)} @{d}%")

@@ -6,8 +6,9 @@ Before a cell runs, two honest checks:
 
 * memory: `limits.projected_bytes` (base = the measured peak of the method's smallest finished run minus
   its cache; before any run, weights x 1.5 + 300 MB). Over the limit -> `over_limit`, not attempted.
-* time (`--time-limit`): the previous length's ingest time for the method, scaled quadratically for `full`
-  and linearly for the bounded methods. Over the limit -> `skipped_time`, with the projected seconds.
+* time (`--time-limit`): the previous length's ingest time for the method, scaled quadratically for an
+  unbounded method (`full`) and linearly for the bounded ones. Over the limit -> `skipped_time`, with the
+  projected seconds.
 
 Rows: method, context_len, peak_mem_bytes, cache_bytes, ingest_tok_s, decode_ms_per_tok, status
 (ok | over_limit | skipped_time | failed), plus projected_bytes / projected_s / error where relevant, and
@@ -32,6 +33,7 @@ from tqdm.auto import tqdm
 from symphony.errors import SymphonyError
 from symphony.io import atomic_savefig
 from symphony.report import fmt_bytes
+from symphony.runtime.policies import POLICIES
 
 MB = 1 << 20
 FIELDS = ("method", "context_len", "peak_mem_bytes", "cache_bytes", "ingest_tok_s", "decode_ms_per_tok", "status")
@@ -91,21 +93,21 @@ def project_bytes(cfg, facts: ModelFacts, rows: list[dict], method: str, length:
     from symphony.evaluation.limits import projected_bytes
 
     c = cfg.cache
-    capacity = None if method == "full" else c.sinks + c.ledger + c.window
-    return projected_bytes(facts.shim, method, length, capacity, c.segment_len, facts.kv_per_token,
+    return projected_bytes(facts.shim, length, POLICIES[method].capacity(c), c.segment_len, facts.kv_per_token,
                            base_bytes(rows, method, facts))
 
 
 def project_seconds(rows: list[dict], method: str, length: int, decode_tokens: int) -> float | None:
     """Ingest + decode seconds at `length`, from the largest shorter finished run of the method
-    (quadratic in length for `full`, linear for the bounded methods); None before any run."""
+    (quadratic in length for an unbounded method, linear for the bounded ones); None before any run."""
     prev = [r for r in _ok_rows(rows, method) if r["context_len"] < length and r.get("ingest_tok_s")]
     if not prev:
         return None
     r = prev[-1]
     scale = length / r["context_len"]
-    ingest_s = r["context_len"] / r["ingest_tok_s"] * (scale ** 2 if method == "full" else scale)
-    decode_s = (r.get("decode_ms_per_tok") or 0.0) / 1000 * decode_tokens * (scale if method == "full" else 1.0)
+    bounded = POLICIES[method].bounded
+    ingest_s = r["context_len"] / r["ingest_tok_s"] * (scale if bounded else scale ** 2)
+    decode_s = (r.get("decode_ms_per_tok") or 0.0) / 1000 * decode_tokens * (1.0 if bounded else scale)
     return ingest_s + decode_s
 
 
@@ -265,9 +267,6 @@ def render_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-COLORS = {"full": "tab:red", "sinks": "tab:orange", "symphony": "tab:blue"}
-
-
 def plot_oom(rows: list[dict], path: str | Path, memory_limit: int | None = None, title: str | None = None) -> Path:
     """Two panels against context length (log2): peak memory (MB) and ingest tokens/s, one line per method.
     Cells not measured are an x at their projected value (memory for over_limit, speed for skipped_time);
@@ -283,7 +282,8 @@ def plot_oom(rows: list[dict], path: str | Path, memory_limit: int | None = None
     methods = list(dict.fromkeys(r["method"] for r in rows))
     mem_values: list[float] = []
     for i, m in enumerate(methods):
-        color = COLORS.get(m, f"C{i}")
+        policy = POLICIES.get(m)  # saved rows may name a policy this process has not registered
+        color = (policy and policy.color) or f"C{i}"
         mine = sorted((r for r in rows if r["method"] == m), key=lambda r: r["context_len"])
         ok = [r for r in mine if r["status"] == "ok"]
         xs = [r["context_len"] for r in ok]

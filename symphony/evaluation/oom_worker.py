@@ -1,8 +1,8 @@
 """One OOM-stress measurement in a fresh process: `python -m symphony.evaluation.oom_worker`.
 
-Reads a JSON spec from argv[1] (or stdin):
+Reads a JSON spec from argv[1] (or stdin), `method` naming a cache policy (`symphony.runtime.policies`):
 
-    {"config": SymphonyConfig.to_dict(), "method": "full|sinks|symphony", "length": 4096, "decode_tokens": 16}
+    {"config": SymphonyConfig.to_dict(), "method": "symphony", "length": 4096, "decode_tokens": 16}
 
 loads the model, streams `length` tokens of the built-in corpus through the engine, decodes
 `decode_tokens` tokens greedily, and prints one JSON line on stdout:
@@ -83,7 +83,8 @@ def corpus_ids(tokenizer, length: int) -> list[int]:
 def measure(spec: dict) -> dict:
     import torch
 
-    from symphony.runtime.engine import engine_from_config, peak_memory_bytes
+    from symphony.runtime.engine import engine_from_config
+    from symphony.runtime.stream import peak_memory_bytes
     from symphony.models.loading import resolve_device
 
     cfg = config_from_dict(spec["config"])

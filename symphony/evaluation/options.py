@@ -7,14 +7,15 @@ import math
 import click
 
 from symphony.cli.options import checkpoint_option
+from symphony.runtime.policies import POLICIES, policies_help
 
 
 def eval_options(default_out: str):
     """--methods, --out, --resume, --memory-limit, --checkpoint (plus --config/--set from the caller)."""
 
     def deco(fn):
-        @click.option("--methods", "-m", default="full,sinks,symphony", show_default=True,
-                      help="Comma-separated methods: full (DynamicCache), sinks (StreamingLLM), symphony.")
+        @click.option("--methods", "-m", default=",".join(POLICIES), show_default=True,
+                      help=f"Comma-separated cache policies: {policies_help()}.")
         @click.option("--out", "-o", default=default_out, show_default=True, type=click.Path(file_okay=False),
                       help="Directory for the JSON results and PNG plots.")
         @click.option("--resume", is_flag=True, help="Continue an interrupted run: finished cells are kept, not redone.")

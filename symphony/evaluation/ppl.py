@@ -1,11 +1,11 @@
 """Streaming perplexity over one long text: every method scores the same tokens (positions 1..N-1).
 
-`sinks` and `symphony` stream the text through their bounded caches segment by segment and score each
-token from the logits they had when it arrived. `full` is the model with its whole context up to its
-trained window: one growing DynamicCache when the text fits the window, else the strided sliding-window
-evaluation of the Hugging Face perplexity guide (window = the context window, stride = window // 2, each
-token scored once, with as much left context as the window allows), run in chunks so memory stays
-bounded by the window.
+Bounded methods (`sinks`, `symphony`) stream the text through their caches segment by segment and score
+each token from the logits they had when it arrived. An unbounded method (`full`) is the model with its
+whole context up to its trained window: one growing DynamicCache when the text fits the window, else the
+strided sliding-window evaluation of the Hugging Face perplexity guide (window = the context window,
+stride = window // 2, each token scored once, with as much left context as the window allows), run in
+chunks so memory stays bounded by the window.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from symphony.evaluation.needle import _settings_guard, memory_budget
 from symphony.evaluation.results import ResultStore
 from symphony.io import atomic_savefig
 from symphony.models.compat import with_cache
+from symphony.runtime.policies import POLICIES
 
 
 # -- tokens ------------------------------------------------------------------------------------------
@@ -153,8 +154,10 @@ def run_ppl(cfg, methods: list[str], out: Path, resume: bool = False, memory_lim
     model_window = context_window(model.config)
     window = full_window or model_window or n
     stride = stride or max(window // 2, 1)
-    if "full" in methods and n > window and stride >= window:  # checked now, not after the other methods ran
-        raise SymphonyError(f"--stride {stride} must be less than full's window ({window} tokens); lower --stride")
+    unbounded = [m for m in methods if not POLICIES[m].bounded]
+    if unbounded and n > window and stride >= window:  # checked now, not after the other methods ran
+        raise SymphonyError(f"--stride {stride} must be less than {unbounded[0]}'s window ({window} tokens); "
+                            "lower --stride")
     settings = {
         "model": cfg.model.name, "dtype": cfg.model.dtype, "source": source,
         "split": split if dataset else None, "tokens": n, "tokens_sha1": tokens_fingerprint(ids), "bucket": bucket,
@@ -179,10 +182,10 @@ def run_ppl(cfg, methods: list[str], out: Path, resume: bool = False, memory_lim
             continue
         eng = StreamingEngine(model, tok, cfg.cache, cfg.salience, policy=m)
         seg = cfg.cache.segment_len
-        strided = m == "full" and n > window
-        budget = window if m == "full" else eng.capacity
-        proj = projected_bytes(model, m, min(n, window) if m == "full" else n, None if m == "full" else eng.capacity,
-                               seg, kv_per_token, base)
+        bounded = POLICIES[m].bounded  # unbounded: the model's own window, strided past it
+        strided = not bounded and n > window
+        budget = eng.capacity if bounded else window
+        proj = projected_bytes(model, n if bounded else min(n, window), eng.capacity, seg, kv_per_token, base)
         row: dict[str, Any] = {"method": m, "tokens": n, "scored": 0, "nll": None, "ppl": None, "budget": budget,
                                "mode": "strided" if strided else "streaming", "seconds": None}
         if strided:
@@ -242,7 +245,6 @@ def plot_ppl(rows: list[dict], per_position: dict[str, list[float]], bucket: int
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"full": "#4C72B0", "sinks": "#DD8452", "symphony": "#55A868"}
     fig, ax = plt.subplots(figsize=(8, 4.5))
     n_tokens = max((r["tokens"] for r in rows), default=0)
     for r in rows:
@@ -251,14 +253,14 @@ def plot_ppl(rows: list[dict], per_position: dict[str, list[float]], bucket: int
         if not ys or r.get("status", "ok") != "ok":
             continue
         xs = [(i * bucket + min((i + 1) * bucket, n_tokens)) / 2 for i in range(len(ys))]  # bucket middles
-        ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.5, color=colors.get(m),
+        ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.5, color=_color(m),
                 label=f"{m} (ppl {r['ppl']:.2f}, budget {r['budget']:,})")
     marks = {}
     if model_window and model_window < n_tokens:
         marks[model_window] = "context window"
     for r in rows:
         if r.get("budget") and r["budget"] < n_tokens:
-            marks.setdefault(r["budget"], "full's window" if r["method"] == "full" else "cache budget")
+            marks.setdefault(r["budget"], "cache budget" if _bounded(r["method"]) else f"{r['method']}'s window")
     for x, label in marks.items():
         ax.axvline(x, color="grey", linestyle="--", linewidth=1)
         ax.text(x, 1.0, f" {label} {x:,}", transform=ax.get_xaxis_transform(), fontsize=7, va="top",
@@ -275,3 +277,13 @@ def plot_ppl(rows: list[dict], per_position: dict[str, list[float]], bucket: int
         return atomic_savefig(fig, path, dpi=120)
     finally:
         plt.close(fig)
+
+
+def _color(method: str) -> str | None:
+    policy = POLICIES.get(method)  # a plot of saved rows may name a policy this process has not registered
+    return policy.color if policy else None
+
+
+def _bounded(method: str) -> bool:
+    policy = POLICIES.get(method)
+    return policy.bounded if policy else True

@@ -1,35 +1,30 @@
-"""The streaming engine: chunked prefill through a bounded cache, salience scoring, decoding, chat.
+"""The streaming engine: chunked prefill through a bounded cache, salience scoring, decoding.
 
 Peak memory depends on the cache budget and `segment_len`, never on the input length: the
 input is fed `segment_len` tokens at a time and the cache is compacted after every segment.
+Which cache a stream gets is its policy's (`policies`); questions, answers and chat sessions
+are built on top in `chat`.
 """
 from __future__ import annotations
 
-import codecs
-import resource
-import sys
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
-from transformers import DynamicCache
 
-from symphony.runtime.cache import BoundedCache, cache_nbytes
-from symphony.runtime.chat_format import ChatFormat
 from symphony.config import CacheConfig, SalienceConfig
-from symphony.memory import state_nbytes
 from symphony.memory.inject import adapters_off, memory_adapters, pointer_heads
 from symphony.memory.persistent import persistent_memory
 from symphony.memory.pointer import RouterScorer
 from symphony.models.compat import with_cache
 from symphony.models.info import check_cache_in_context
-from symphony.runtime.recall import RecallLedger
-from symphony.runtime.salience import RarityOracle, SalienceScorer
-
-POLICIES = ("full", "sinks", "symphony")
+from symphony.runtime import chat
+from symphony.runtime.cache import BoundedCache
+from symphony.runtime.chat_format import ChatFormat
+from symphony.runtime.policies import CachePolicy, get_policy
+from symphony.runtime.stream import Stream
 
 
 @dataclass
@@ -42,61 +37,6 @@ class SegmentOutput:
     head_last: torch.Tensor | None = None
 
 
-@dataclass
-class Stream:
-    """Everything one conversation/document stream carries between calls."""
-
-    cache: object  # BoundedCache, or DynamicCache for the `full` baseline
-    scorer: SalienceScorer | None
-    last_logits: torch.Tensor | None = None  # [V]: predicts the next token
-    tokens_seen: int = 0
-    recall: RecallLedger | None = None  # ids of evicted spans, re-read when a question needs them
-    # per memory adapter: (recurrent state, inputs of the tokens the cache still holds), None: no adapters
-    memory: list | None = None
-    # persistent memory: the task whose tokens fill the cache's first `persistent` slots (fixed extra sinks;
-    # their stream positions are -persistent..-1, so real tokens keep positions 0, 1, ...)
-    task_id: int = 0
-    persistent: int = 0
-    # (index into `memory`, decoder layer) of every Titans adapter with manifold paging
-    paged: tuple[tuple[int, int], ...] = ()
-    # stream ranges [start, end) of questions, re-read spans and replies: the conversation, not the document,
-    # so recall never re-reads them from the window (a previous question shares the next one's template
-    # and would out-cover the archived fact); ranges older than the window are dropped
-    conversation: list[tuple[int, int]] = field(default_factory=list)
-
-    @property
-    def occupied(self) -> int:
-        """Cache slots in use (persistent slots included)."""
-        return self.cache.get_seq_length()
-
-    def page_switches(self) -> dict[int, int]:
-        """Manifold-paging page switches so far per decoder layer ({layer: switches summed over the layer's memory
-        heads}), for the Titans adapters with paging (`memory.titans.pages > 1`); {} when there are none."""
-        from symphony.memory.titans import TitansState, page_switches
-
-        out: dict[int, int] = {}
-        for i, layer in self.paged:
-            state = self.memory[i][0] if self.memory is not None and i < len(self.memory) else None
-            out[layer] = int(page_switches(state).sum()) if isinstance(state, TitansState) else 0
-        return out
-
-    def nbytes(self) -> int:
-        """KV bytes held by the cache (the recall ledger's fixed id table is reported separately)."""
-        return cache_nbytes(self.cache)
-
-    def memory_nbytes(self) -> int:
-        """Bytes of the memory adapters' states and of their not-yet-evicted inputs (bounded by the
-        cache's slot count; 0 without adapters)."""
-        return state_nbytes(self.memory) if self.memory is not None else 0
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """CUDA peak allocated on GPU; peak resident set size of this process on CPU."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
 class StreamingEngine:
     def __init__(self, model, tokenizer, cache_cfg: CacheConfig, salience_cfg: SalienceConfig | None = None,
                  policy: str | None = None, progress: bool = False):
@@ -104,24 +44,28 @@ class StreamingEngine:
         self.tokenizer = tokenizer
         self.cache_cfg = cache_cfg
         self.salience_cfg = salience_cfg or SalienceConfig()
-        self.policy = policy or cache_cfg.policy
-        if self.policy not in POLICIES:
-            raise ValueError(f"unknown cache policy {self.policy!r}; choose from {', '.join(POLICIES)}")
+        self.policy = policy or cache_cfg.policy  # its name; `cache_policy` is the registered policy
+        get_policy(self.policy)  # an unknown name fails here, not at the first stream
         self.progress = progress
         self.grad_enabled = False  # the trainer turns it on: memory writes and reads then keep their graph
         self._persistent = None
         self.device = next(model.parameters()).device
-        self._chat_format: ChatFormat | None = None
         self._find_memory()
 
+    @property
+    def cache_policy(self) -> CachePolicy:
+        """The registered policy named `policy`: it builds this engine's streams."""
+        return get_policy(self.policy)
+
     def _find_memory(self) -> None:
-        """The model's memory adapters and pointer heads. Only the `symphony` policy uses them: the
-        `full` and `sinks` baselines run the bare base model even when the model carries adapters."""
-        mine = self.policy == "symphony"
+        """The model's memory adapters and pointer heads. Only a policy that `uses_memory` (symphony) uses them:
+        the baselines run the bare base model even when the model carries adapters."""
+        policy = self.cache_policy
+        mine = policy.uses_memory
         self._adapters = memory_adapters(self.model) if mine else []
         self._pointer = pointer_heads(self.model) if mine else None
         self._persistent = persistent_memory(self.model) if mine else None
-        if self.policy != "full":  # positions must stay inside the trained context, persistent slots included
+        if policy.bounded:  # positions must stay inside the trained context, persistent slots included
             check_cache_in_context(self.cache_cfg, self.model.config, self.persistent_tokens)
 
     # -- streams -------------------------------------------------------------------------------
@@ -138,9 +82,9 @@ class StreamingEngine:
 
     @property
     def capacity(self) -> int | None:
-        """Slots a compacted cache holds: sinks + ledger + window, plus the persistent-memory slots."""
-        c = self.cache_cfg
-        return None if self.policy == "full" else c.sinks + c.ledger + c.window + self.persistent_tokens
+        """Slots a compacted cache holds: sinks + ledger + window, plus the persistent-memory slots; None when
+        the policy is unbounded."""
+        return self.cache_policy.capacity(self.cache_cfg, self.persistent_tokens)
 
     def check_task(self, task_id: int) -> int:
         """`task_id` if the model has it; SymphonyError (one line) otherwise."""
@@ -157,12 +101,12 @@ class StreamingEngine:
         return task_id
 
     def new_stream(self, task_id: int = 0) -> Stream:
-        """A fresh stream: empty cache and, with memory adapters, fresh (empty) memory states. With persistent
-        memory (`symphony` policy), task `task_id`'s persistent tokens are fed first and fill the cache's first
-        slots for the stream's whole life."""
+        """A fresh stream: the policy's empty cache and, with memory adapters, fresh (empty) memory states. With
+        persistent memory (`symphony` policy), task `task_id`'s persistent tokens are fed first and fill the
+        cache's first slots for the stream's whole life."""
         task_id = self.check_task(task_id)
         self._find_memory()  # a model may have been injected since the engine was made
-        stream = self._new_stream(self.persistent_tokens)
+        stream = self.cache_policy.make_stream(self, self.persistent_tokens)
         if self._adapters:
             stream.memory = [(None, None)] * len(self._adapters)
             stream.paged = tuple((i, a.layer_idx) for i, a in enumerate(self._adapters)
@@ -187,21 +131,6 @@ class StreamingEngine:
         stream.cache.positions[:p] = torch.arange(-p, 0)
         stream.cache.tokens_seen = 0
         stream.task_id, stream.persistent = task_id, p
-
-    def _new_stream(self, persistent: int = 0) -> Stream:
-        c = self.cache_cfg
-        if self.policy == "full":
-            return Stream(DynamicCache(config=self.model.config), None)
-        if self.policy == "sinks":  # StreamingLLM at the same slot budget: sinks + one long window
-            cache = BoundedCache.for_model(self.model, c.sinks, 0, c.ledger + c.window, c.span_len)
-            return Stream(cache, None)
-        # persistent slots come first and count as extra sinks: never evicted, never moved (never re-rotated)
-        cache = BoundedCache.for_model(self.model, c.sinks + persistent, c.ledger, c.window, c.span_len,
-                                       self.salience_cfg.smooth_radius)
-        recall = RecallLedger(c.recall_tokens, c.span_len) if c.recall_tokens > 0 else None
-        if recall is not None:
-            cache.on_archive = recall.add
-        return Stream(cache, RarityOracle(self.salience_cfg), recall=recall)
 
     # -- feeding -------------------------------------------------------------------------------
     def feed(self, stream: Stream, ids: torch.Tensor, all_logits: bool = False) -> torch.Tensor:
@@ -293,7 +222,7 @@ class StreamingEngine:
         KV depends on) get gradients from every window of a sample. Their KV is a function of the parameters only
         (the prefix comes first, sees only itself, and the memories read a fresh state), so recomputing it in a
         scratch stream gives the same values; the slots never moved, so no re-rotation is needed."""
-        scratch = self._new_stream(stream.persistent)
+        scratch = self.cache_policy.make_stream(self, stream.persistent)
         if self._adapters:
             scratch.memory = [(None, None)] * len(self._adapters)
         self._prefill_persistent(scratch, stream.task_id)
@@ -413,53 +342,23 @@ class StreamingEngine:
             ids.add(int(self.tokenizer.eos_token_id))
         return sorted(ids)
 
-    # -- chat ----------------------------------------------------------------------------------
-    @property
-    def chat_format(self) -> ChatFormat:
-        if self._chat_format is None:
-            self._chat_format = ChatFormat.from_tokenizer(self.tokenizer)
-        return self._chat_format
-
-    def recalled(self, stream: Stream, query: str) -> list[int]:
-        """Token ids of evicted spans relevant to `query`, ready to re-read (empty without a recall ledger)."""
-        if stream.recall is None or len(stream.recall) == 0:
-            return []
-        # the window's document text competes with the archive (a fact still there is re-read from there)
-        pos, ids = stream.cache.positions, stream.cache.token_ids
-        stream.conversation = [(a, b) for a, b in stream.conversation if b > stream.recall.end]
-        document = torch.ones_like(pos, dtype=torch.bool)
-        for a, b in stream.conversation:
-            document &= (pos < a) | (pos >= b)
-        runs = stream.recall.search(self.encode(query).tolist(), self.cache_cfg.recall_budget,
-                                    min_gain=self.cache_cfg.recall_min_gain, live=(pos[document], ids[document]))
-        sep = self.encode("\n").tolist()
-        return [t for run in runs for t in run + sep]
-
-    def ask(self, stream: Stream, text: str, after: str) -> None:
-        """Feed a user message's text (preceded by any recalled spans) and the template's closing."""
-        recalled = self.recalled(stream, text)
-        start = stream.tokens_seen
-        if recalled:
-            self.ingest(stream, recalled + self.encode("\n").tolist())
-        self.ingest(stream, self.encode(text + after))
-        if stream.recall is not None:  # only recall reads it (and prunes it to the window)
-            stream.conversation.append((start, stream.tokens_seen))
-
     def encode(self, text: str) -> torch.Tensor:
         return torch.tensor(self.tokenizer(text, add_special_tokens=False).input_ids, dtype=torch.long)
 
+    # -- chat: shortcuts to symphony.runtime.chat -----------------------------------------------
+    @property
+    def chat_format(self) -> ChatFormat:
+        return chat.chat_format(self)
+
+    def recalled(self, stream: Stream, query: str) -> list[int]:
+        return chat.recalled(self, stream, query)
+
+    def ask(self, stream: Stream, text: str, after: str) -> None:
+        return chat.ask(self, stream, text, after)
+
     def answer(self, question: str, document: str | list[int] | torch.Tensor | None = None,
                stream: Stream | None = None, max_new_tokens: int = 64, desc: str = "document", **sampling) -> str:
-        """Stream `document` (text or token ids) then `question` as one user message through the chat
-        template, and reply."""
-        stream = stream or self.new_stream()
-        before, after = self.chat_format.first_user
-        self.ingest(stream, self.encode(before))
-        if document is not None and len(document):
-            self.ingest(stream, self.encode(document) if isinstance(document, str) else document, desc=desc)
-            question = "\n\n" + question
-        self.ask(stream, question, after)
-        return self.tokenizer.decode(self.decode(stream, max_new_tokens, **sampling), skip_special_tokens=True)
+        return chat.answer(self, question, document, stream, max_new_tokens, desc, **sampling)
 
 
 def sample(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0,
@@ -473,94 +372,6 @@ def sample(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0,
         sorted_p[cut] = 0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
-
-
-class ChatSession:
-    """A multi-turn constant-memory conversation: every turn streams through the same bounded cache."""
-
-    def __init__(self, engine: StreamingEngine, task_id: int = 0):
-        self.engine = engine
-        self.stream = engine.new_stream(task_id)
-        self.turns = 0
-        self._document_pending: list[Path] = []
-
-    def preload(self, path: str | Path) -> None:
-        """The document becomes the start of the first user message."""
-        self._document_pending.append(Path(path))
-
-    def say(self, text: str, max_new_tokens: int = 256, on_token: Callable[[int], None] | None = None,
-            **sampling) -> str:
-        eng, fmt = self.engine, self.engine.chat_format
-        before, after = fmt.first_user if self.turns == 0 else fmt.next_user
-        if self.turns > 0:
-            eng.ingest(self.stream, eng.encode(fmt.after_reply))  # close the previous reply
-        eng.ingest(self.stream, eng.encode(before))
-        for path in self._document_pending:
-            eng.ingest_text_chunks(self.stream, iter_text_file(path), path.stat().st_size, desc=path.name)
-            eng.ingest(self.stream, eng.encode("\n\n"))
-        self._document_pending = []
-        eng.ask(self.stream, text, after)
-        reply = eng.decode(self.stream, max_new_tokens, on_token=on_token, **sampling)
-        self.turns += 1
-        return eng.tokenizer.decode(reply, skip_special_tokens=True)
-
-    def status(self) -> dict:
-        st = {
-            "tokens_seen": self.stream.tokens_seen,
-            "cache_slots": self.stream.occupied,
-            "cache_bytes": self.stream.nbytes(),
-            "peak_bytes": peak_memory_bytes(self.engine.device),
-        }
-        switches = self.stream.page_switches()
-        if switches:  # Titans manifold paging: {layer: page switches}
-            st["page_switches"] = switches
-        return st
-
-
-def iter_text_file(path: str | Path, chunk_chars: int = 1 << 16,
-                   on_replaced: Callable[[str], None] | None = None) -> Iterator[str]:
-    """Yield a text file in pieces of about `chunk_chars`, cut at whitespace so no token is split between
-    pieces; text with no whitespace (minified code, CJK) is cut at the bound instead, so no piece ever holds
-    more than two blocks. Bytes that are not UTF-8 become U+FFFD, and `on_replaced` (default: a line on stderr)
-    hears about it once."""
-    carry = ""
-    with open(path, encoding="utf-8", errors=_COUNTED_REPLACE) as f:
-        before = _replaced[0]
-        while True:
-            block = f.read(chunk_chars)
-            if not block:
-                break
-            text = carry + block
-            cut = max(text.rfind(" "), text.rfind("\n"))
-            if cut <= 0:
-                if len(text) < 2 * chunk_chars:
-                    carry = text
-                    continue
-                cut = len(text)  # no whitespace for two blocks: the byte bound decides
-            carry = text[cut:]
-            yield text[:cut]
-        replaced = _replaced[0] - before
-    if carry:
-        yield carry
-    if replaced:
-        (on_replaced or _to_stderr)(f"note: {path} is not valid UTF-8; {replaced:,} undecodable byte(s) were read "
-                                    "as U+FFFD")
-
-
-def _to_stderr(message: str) -> None:
-    tqdm.write(message, file=sys.stderr)
-
-
-_COUNTED_REPLACE = "symphony-counted-replace"
-_replaced = [0]  # undecodable bytes replaced so far, by any reader
-
-
-def _count_and_replace(err: UnicodeDecodeError) -> tuple[str, int]:
-    _replaced[0] += err.end - err.start
-    return "\ufffd", err.end
-
-
-codecs.register_error(_COUNTED_REPLACE, _count_and_replace)
 
 
 def engine_from_config(cfg, policy: str | None = None, progress: bool = True) -> StreamingEngine:

@@ -51,10 +51,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from symphony.runtime.cache import BoundedCache
 from symphony.config import CacheConfig, SalienceConfig
-from symphony.runtime.engine import StreamingEngine, Stream, engine_from_config
+from symphony.runtime.cache import BoundedCache
+from symphony.runtime.engine import StreamingEngine, engine_from_config
 from symphony.runtime.salience import surprisal
+from symphony.runtime.stream import Stream
 
 
 class SymphonyOutput(NamedTuple):
@@ -142,10 +143,9 @@ class SymphonyModel(nn.Module):
     @property
     def knowledge_slots(self) -> int:
         """K of `knowledge_attention`: persistent tokens + ledger slots (0 for the sinks/full baselines)."""
-        self.engine._find_memory()
-        if self.engine.policy != "symphony":
-            return 0
-        return self.engine.persistent_tokens + self.engine.cache_cfg.ledger
+        eng = self.engine
+        eng._find_memory()
+        return eng.cache_policy.knowledge_slots(eng.cache_cfg, eng.persistent_tokens)
 
     # -- forward -------------------------------------------------------------------------------------
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
