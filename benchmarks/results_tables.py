@@ -31,7 +31,7 @@ def oom(d):
         if r.get("projected_bytes") and r["status"] != "ok":
             extra = f" (projected {mb(r['projected_bytes'])})"
         if r.get("projected_s") and r["status"] != "ok":
-            extra = f" (projected over the time limit)"
+            extra = " (projected over the time limit)"
         print(f"| {r['method']} | {r['context_len']:,} | {mb(r.get('peak_mem_bytes'))} | {mb(r.get('cache_bytes'))} | "
               f"{r['status']}{extra} |")
     for m in sorted({r["method"] for r in d["rows"]}):

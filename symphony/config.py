@@ -32,7 +32,7 @@ class ModelConfig:
 
 @dataclass
 class CacheConfig:
-    policy: str = "symphony"  # symphony | sinks | full
+    policy: str = "symphony"  # a name in symphony.runtime.policies.POLICIES
     sinks: int = 4  # first tokens, always kept (attention sinks)
     ledger: int = 512  # slots for salient spans (HEP-DNA retention)
     window: int = 1024  # most recent tokens

@@ -135,3 +135,15 @@ def test_hints_for_an_old_run_keep_its_flat_memory_keys():
     assert "memory.titans.pages=2" in args and "memory.titans.hidden=24" in args and "memory.kind=titans" in args
     rebuilt = load_config("tiny", [a for a in args[2:] if a != "--set"])
     assert (rebuilt.memory.titans.pages, rebuilt.memory.titans.hidden) == (2, 24)
+
+
+def test_cli_reads_the_phase_registry():
+    from click.testing import CliRunner
+
+    from symphony.cli.main import main, pipeline
+    from symphony.pipeline.phases import PHASES
+
+    helptext = CliRunner().invoke(main, ["run-phase", "--help"]).stdout
+    assert all(f"{p.number} {p.name}" in helptext for p in PHASES.values())
+    ranges = {o.name: o.type for o in pipeline.params if o.name in ("first", "last")}
+    assert all((t.min, t.max) == (min(PHASES), max(PHASES)) for t in ranges.values()) and len(ranges) == 2

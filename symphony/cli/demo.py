@@ -1,4 +1,4 @@
-"""`symphony demo`: the main job in one command. A fact planted in a document twice as long as the model's
+"""`symphony demo`: the main job in one command. Facts planted in a document 1.5x as long as the model's
 context window, streamed at constant memory, then asked for; every other bounded policy (the StreamingLLM
 baseline) runs on the same input."""
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """The `symphony` command line. Thin: every command calls into the library."""
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -12,7 +11,7 @@ from symphony.cli.evals import SUITES
 from symphony.cli.options import checkpoint_option, config_options
 from symphony.errors import SymphonyError
 from symphony.io import ensure_writable_dir
-from symphony.pipeline.phases import get_phase, phase_table
+from symphony.pipeline.phases import PHASES, get_phase, phase_summary, phase_table
 
 MIN_DEMO_LENGTH = 256  # room for the planted facts and some document around them
 
@@ -84,35 +83,17 @@ def _run_one_phase(phase, cfg, run_dir, force):
     result = get_phase(phase)(cfg, run_dir, force=force)
     status = result.get("status", "written")
     click.echo(f"phase {phase} ({result.get('name', '')}): {status} -> {manifest_path(run_dir, phase)}")
-    if phase >= 4 and result.get("dev_after"):
-        before, after = result["dev_before"], result["dev_after"]
-        acc = lambda m: "-" if m.get("accuracy") is None else f"{m['accuracy']:.0%}"  # noqa: E731
-        click.echo(f"  dev: nll {before['nll']:.4f} -> {after['nll']:.4f}, answers {acc(before)} -> {acc(after)}"
-                   f" ({after['samples']} samples); {result['trainable_parameters']:,} parameters trained")
-    elif phase >= 4 and result.get("reason"):
-        click.echo(f"  {result['reason']}")
-    elif phase == 3 and result.get("counts"):
-        click.echo(f"  {json.dumps(result['counts'])}")
-    if phase == 1:
-        p = result["parameters"]
-        click.echo(f"  {result['model']['architecture']}: {p['total']:,} parameters, {p['trainable']} trainable;"
-                   f" calibrated on {result['stats']['tokens']} tokens")
-    elif phase == 2:
-        m = result["memory"]
-        what = f"{m['kind']} on layers {','.join(map(str, m['layers']))}" if m["kind"] != "none" else "no memory"
-        pointer = " + pointer heads" if m["pointer"] else ""
-        click.echo(f"  {what}{pointer}: {result['parameters']['trainable']:,} trainable parameters;"
-                   f" logits equal to the base: {str(result['logits_equal']).lower()}"
-                   f" (max abs diff {result['max_abs_diff']:.3g} over {result['verification']['tokens']} tokens)")
-        if m["kind"] == "none" and not m["pointer"]:
-            click.echo("  (memory.kind is none: add --set memory.kind=fhrr or titans to inject a memory)")
+    for line in phase_summary(phase, result):
+        click.echo(f"  {line}")
 
 
 @main.command()
 @config_options
 @click.option("--run-dir", "-r", default="runs/default", show_default=True, help="Where phase artifacts go.")
-@click.option("--from", "first", type=click.IntRange(1, 7), default=1, show_default=True, help="First phase.")
-@click.option("--to", "last", type=click.IntRange(1, 7), default=7, show_default=True, help="Last phase.")
+@click.option("--from", "first", type=click.IntRange(min(PHASES), max(PHASES)), default=min(PHASES), show_default=True,
+              help="First phase.")
+@click.option("--to", "last", type=click.IntRange(min(PHASES), max(PHASES)), default=max(PHASES), show_default=True,
+              help="Last phase.")
 @click.option("--force", is_flag=True, help="Redo every phase in the range even if up to date.")
 def pipeline(cfg, run_dir, first, last, force):
     """Run phases --from..--to in order into --run-dir (each is skipped when already up to date, and a

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import random
 from collections import Counter
 from pathlib import Path
@@ -239,3 +240,8 @@ def load_split(run_dir: str | Path, split: str = "train", needed_by: int | None 
         raise SymphonyError(f"phase {PHASE}'s {split} split at {path} is not a phase 3 dataset;"
                             f" rebuild it: {phase_command(run_dir, PHASE, force=True)}")
     return ds
+
+
+def summary_lines(result: dict) -> list[str]:
+    """What `run-phase 3` prints under its status line."""
+    return [json.dumps(result["counts"])] if result.get("counts") else []

@@ -51,3 +51,10 @@ def run_freeze(cfg: SymphonyConfig, run_dir: str | Path, force: bool = False, pr
     with run.stage() as stage:
         write_manifest(run_dir, 1, body, into=stage)
     return run.result()
+
+
+def summary_lines(result: dict) -> list[str]:
+    """What `run-phase 1` prints under its status line."""
+    p = result["parameters"]
+    return [f"{result['model']['architecture']}: {p['total']:,} parameters, {p['trainable']} trainable;"
+            f" calibrated on {result['stats']['tokens']} tokens"]

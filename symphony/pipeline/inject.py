@@ -128,3 +128,15 @@ def run_inject(cfg: SymphonyConfig, run_dir: str | Path, force: bool = False, pr
         save_adapters(model, stage, make_manifest(2, body))
     return run.result()
 
+
+def summary_lines(result: dict) -> list[str]:
+    """What `run-phase 2` prints under its status line."""
+    m = result["memory"]
+    what = f"{m['kind']} on layers {','.join(map(str, m['layers']))}" if m["kind"] != "none" else "no memory"
+    pointer = " + pointer heads" if m["pointer"] else ""
+    lines = [f"{what}{pointer}: {result['parameters']['trainable']:,} trainable parameters;"
+             f" logits equal to the base: {str(result['logits_equal']).lower()}"
+             f" (max abs diff {result['max_abs_diff']:.3g} over {result['verification']['tokens']} tokens)"]
+    if m["kind"] == "none" and not m["pointer"]:
+        lines.append("(memory.kind is none: add --set memory.kind=fhrr or titans to inject a memory)")
+    return lines

@@ -2,8 +2,8 @@
 training code and the docs read a phase's number, name and what it does.
 
 A phase runs as `get_phase(n)(cfg, run_dir, force=False, progress=True, **extra)` and returns its manifest.
-Adding a phase: write its runner (deciding up-to-date / refused / redo with `runs.PhaseRun`), add one `Phase`
-row here. A training phase needs no runner of its own: its row's `TrainingSpec` says what
+Adding a phase: write its runner (deciding up-to-date / refused / redo with `runs.PhaseRun`; a
+`summary_lines(result)` beside it says what `run-phase` prints), add one `Phase` row here. A training phase needs no runner of its own: its row's `TrainingSpec` says what
 `train.run_training_phase` does, and its step count is the config key `train.phase<N>_steps`.
 """
 from __future__ import annotations
@@ -87,3 +87,10 @@ def get_phase(n: int) -> Callable[..., dict]:
     module, _, name = phase.runner.partition(":")
     run = getattr(importlib.import_module(module), name)
     return functools.partial(run, phase=n) if phase.trains else run
+
+
+def phase_summary(n: int, result: dict) -> list[str]:
+    """What `run-phase` prints under phase n's status line: its runner module's `summary_lines(result)`."""
+    module = importlib.import_module(PHASES[n].runner.partition(":")[0])
+    summarize = getattr(module, "summary_lines", None)
+    return summarize(result) if summarize is not None else []

@@ -292,3 +292,13 @@ def check_pipeline_trains(cfg: SymphonyConfig, run_dir: str | Path, first: int, 
         else ""
     raise SymphonyError(f"memory.kind is none{where}, so phases 4-7 would train nothing and export no final/; train "
                         f"a memory: {command}{preset}, or stop before phase 4 with --to 3")
+
+
+def summary_lines(result: dict) -> list[str]:
+    """What `run-phase 4-7` prints under its status line: the dev split before and after, or why it was skipped."""
+    if result.get("dev_after"):
+        before, after = result["dev_before"], result["dev_after"]
+        acc = lambda m: "-" if m.get("accuracy") is None else f"{m['accuracy']:.0%}"  # noqa: E731
+        return [f"dev: nll {before['nll']:.4f} -> {after['nll']:.4f}, answers {acc(before)} -> {acc(after)}"
+                f" ({after['samples']} samples); {result['trainable_parameters']:,} parameters trained"]
+    return [result["reason"]] if result.get("reason") else []
