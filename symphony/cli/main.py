@@ -1,6 +1,7 @@
 """The `symphony` command line. Thin: every command calls into the library."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -183,25 +184,36 @@ def _printer():
 
 @main.command()
 @config_options
-@click.option("--file", "file", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Document of any length to stream before the prompt.")
+@click.option("--file", "file", required=True, type=click.Path(exists=True, dir_okay=False, allow_dash=True),
+              help="Document of any length to stream before the prompt; - reads standard input.")
 @click.option("--prompt", "-p", required=True, help="Question or instruction about the document.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object (answer, tokens seen, cache bytes and slots, peak memory) instead of text.")
 @_sampling_options
 @_task_option
-def generate(cfg, file, prompt, max_new_tokens, temperature, top_p, policy, task_id):
-    """Stream a document of any length through the bounded cache, then answer PROMPT about it."""
+def generate(cfg, file, prompt, as_json, max_new_tokens, temperature, top_p, policy, task_id):
+    """Stream a document of any length through the bounded cache, then answer PROMPT about it.
+
+    \b
+    Example:  symphony generate --file book.txt -p "Who is the narrator's brother?"
+              cat *.log | symphony generate --file - -p "Which error comes first?" --json
+    """
     from symphony.runtime.chat import ChatSession
     from symphony.runtime.engine import engine_from_config
 
     if not prompt.strip():
         raise SymphonyError("--prompt is empty; say what to do with the document, e.g. -p \"Summarise it.\"")
 
-    engine = engine_from_config(cfg, policy=policy, progress=True)
+    engine = engine_from_config(cfg, policy=policy, progress=not as_json)
     session = ChatSession(engine, task_id=task_id)
     session.preload(file)
     printer = _printer()
-    session.say(prompt, max_new_tokens, on_token=lambda t: printer(engine.tokenizer, t),
-                temperature=temperature, top_p=top_p)
+    on_token = None if as_json else (lambda t: printer(engine.tokenizer, t))
+    answer = session.say(prompt, max_new_tokens, on_token=on_token, temperature=temperature, top_p=top_p)
+    if as_json:
+        click.echo(json.dumps({"answer": answer, "model": cfg.model.name, "policy": engine.policy,
+                               **session.status()}))
+        return
     click.echo()
     click.echo(_status_line(session), err=True)
 

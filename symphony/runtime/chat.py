@@ -4,9 +4,11 @@ document of any size as text pieces. Everything here drives a `StreamingEngine` 
 from __future__ import annotations
 
 import codecs
+import io
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import IO, TYPE_CHECKING, Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -78,7 +80,7 @@ class ChatSession:
         self._document_pending: list[Path] = []
 
     def preload(self, path: str | Path) -> None:
-        """The document becomes the start of the first user message."""
+        """The document (a path, or `-` for standard input) becomes the start of the first user message."""
         self._document_pending.append(Path(path))
 
     def say(self, text: str, max_new_tokens: int = 256, on_token: Callable[[int], None] | None = None,
@@ -89,7 +91,8 @@ class ChatSession:
             eng.ingest(self.stream, eng.encode(fmt.after_reply))  # close the previous reply
         eng.ingest(self.stream, eng.encode(before))
         for path in self._document_pending:
-            eng.ingest_text_chunks(self.stream, iter_text_file(path), path.stat().st_size, desc=path.name)
+            eng.ingest_text_chunks(self.stream, iter_text_file(path), source_size(path),
+                                   desc="stdin" if str(path) == "-" else path.name)
             eng.ingest(self.stream, eng.encode("\n\n"))
         self._document_pending = []
         ask(eng, self.stream, text, after)
@@ -112,12 +115,12 @@ class ChatSession:
 
 def iter_text_file(path: str | Path, chunk_chars: int = 1 << 16,
                    on_replaced: Callable[[str], None] | None = None) -> Iterator[str]:
-    """Yield a text file in pieces of about `chunk_chars`, cut at whitespace so no token is split between
+    """Yield a text file (`-`: standard input) in pieces of about `chunk_chars`, cut at whitespace so no token is split between
     pieces; text with no whitespace (minified code, CJK) is cut at the bound instead, so no piece ever holds
     more than two blocks. Bytes that are not UTF-8 become U+FFFD, and `on_replaced` (default: a line on stderr)
     hears about it once."""
     carry = ""
-    with open(path, encoding="utf-8", errors=_COUNTED_REPLACE) as f:
+    with _open_text(path) as f:
         before = _replaced[0]
         while True:
             block = f.read(chunk_chars)
@@ -138,6 +141,25 @@ def iter_text_file(path: str | Path, chunk_chars: int = 1 << 16,
     if replaced:
         (on_replaced or _to_stderr)(f"note: {path} is not valid UTF-8; {replaced:,} undecodable byte(s) were read "
                                     "as U+FFFD")
+
+
+@contextmanager
+def _open_text(path: str | Path) -> Iterator[IO[str]]:
+    """The file as UTF-8 text, undecodable bytes counted; `-` is standard input (left open for others)."""
+    if str(path) != "-":
+        with open(path, encoding="utf-8", errors=_COUNTED_REPLACE) as f:
+            yield f
+        return
+    stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors=_COUNTED_REPLACE)
+    try:
+        yield stdin
+    finally:
+        stdin.detach()
+
+
+def source_size(path: str | Path) -> int | None:
+    """Bytes to read from `path`, for a progress bar (None for standard input)."""
+    return None if str(path) == "-" else Path(path).stat().st_size
 
 
 def _to_stderr(message: str) -> None:
