@@ -16,13 +16,23 @@ _PUBLIC = {
     "SymphonyModel": "symphony.runtime.model",
     "BoundedCache": "symphony.runtime.cache",
     "SymphonyError": "symphony.errors",
+    "generate": "symphony.integrations.generate",
+    "SymphonyPipeline": "symphony.integrations.pipeline",
 }
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        import importlib
+def lazy_exports(package: str, public: dict[str, str]):
+    """A module `__getattr__` that imports each public name from its module on first use."""
 
-        return getattr(importlib.import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'symphony' has no attribute {name!r}")
+    def __getattr__(name: str):
+        if name in public:
+            import importlib
+
+            return getattr(importlib.import_module(public[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
+__getattr__ = lazy_exports(__name__, _PUBLIC)

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from cli_helpers import invoke, one_line_error, usage_error
+from helpers import invoke, one_line_error, usage_error
 from symphony.config import load_config
 from symphony.errors import SymphonyError
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from symphony.runtime.cache import BoundedCache
 from symphony.config import load_config
 from symphony.runtime.engine import engine_from_config
 from symphony.errors import SymphonyError
@@ -14,7 +13,7 @@ from symphony.memory.checkpoint import find_checkpoint, save_adapters
 from symphony.memory.inject import inject, memory_adapters, pointer_heads
 from symphony.memory.pointer import RouterScorer
 from symphony.models.tiny import tiny_model
-from stream_helpers import SMALL, engine, ids_for, segment_logits
+from helpers import SMALL, engine, ids_for, segment_logits
 
 # a cache with no sinks and no ledger: once a token leaves the window, only the memory can carry it
 WINDOW_ONLY = dict(sinks=0, ledger=0, window=32, segment_len=16, recall_tokens=0)

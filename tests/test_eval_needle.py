@@ -1,6 +1,7 @@
 """`symphony eval needle`: the grid end to end on the tiny model, resume, memory limits, scoring, distractors."""
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -8,6 +9,7 @@ import re
 import pytest
 from click.testing import CliRunner
 
+import helpers
 import symphony.evaluation.needle as needle_eval
 from symphony.cli.main import main
 from symphony.evaluation.limits import projected_bytes
@@ -15,12 +17,13 @@ from symphony.evaluation.needle import cell_input, make_needles, parse_depths, s
 from symphony.models.info import kv_bytes_per_token
 from symphony.haystack import contains_answer
 
+invoke = functools.partial(helpers.invoke, catch_exceptions=False)  # errors raise
+
+
 BASE = ["eval", "needle", "-c", "tiny", "--depths", "0,50"]
 KEY_FIELDS = ("method", "context_len", "depth", "trial")
 
 
-def invoke(args):
-    return CliRunner().invoke(main, args, catch_exceptions=False)
 
 
 @pytest.fixture

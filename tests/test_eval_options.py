@@ -2,7 +2,6 @@
 counts all fail at once, in one line (exit 2), before any model is loaded."""
 from __future__ import annotations
 
-import json
 import os
 
 import pytest

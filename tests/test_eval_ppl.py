@@ -2,6 +2,7 @@
 sliding window, resume."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -10,16 +11,16 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
+import helpers
 import symphony.evaluation.ppl as ppl_eval
 from symphony.cli.main import main
 from symphony.corpus import builtin_text
 from symphony.evaluation.ppl import bucket_means, load_tokens, strided_nll
 
+invoke = functools.partial(helpers.invoke, catch_exceptions=False)  # errors raise
+
+
 BASE = ["eval", "ppl", "-c", "tiny"]
-
-
-def invoke(args):
-    return CliRunner().invoke(main, args, catch_exceptions=False)
 
 
 def load(out):

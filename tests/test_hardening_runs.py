@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cli_helpers import invoke, one_line_error
+from helpers import invoke, one_line_error
 from symphony.pipeline.phases import get_phase
 from symphony.config import load_config
 from symphony.errors import SymphonyError

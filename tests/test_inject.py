@@ -5,11 +5,10 @@ import json
 
 import pytest
 import torch
-from click.testing import CliRunner
 from transformers import DynamicCache
 
+from helpers import invoke
 from symphony.pipeline.phases import get_phase
-from symphony.cli.main import main
 from symphony.config import load_config
 from symphony.runtime.engine import StreamingEngine
 from symphony.errors import SymphonyError
@@ -53,10 +52,6 @@ def set_gates(model, value):
     with torch.no_grad():
         for a in memory_adapters(model):
             a.gate.fill_(value)
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 # --- exactness and the trainable set ---------------------------------------------------------------

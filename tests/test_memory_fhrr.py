@@ -8,13 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import gen
 from symphony.memory import FHRRConfig, FHRRMemory, state_nbytes
 from symphony.memory.fhrr import (bind, fhrr_read, fhrr_reference, fhrr_scan, fhrr_write, key_phases, phasor,
                                   unbind)
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def random_phasors(*shape, seed=0, dtype=torch.float64):

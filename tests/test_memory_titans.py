@@ -6,12 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import gen
 from symphony.memory import TitansConfig, TitansMemory, detach_state, state_nbytes
-from symphony.memory.titans import clip_grads, gram_bound, memory_step, mlp_apply, mlp_grads
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+from symphony.memory.titans import gram_bound, memory_step, mlp_apply, mlp_grads
 
 
 def small_memory(**kw) -> TitansMemory:

@@ -15,7 +15,7 @@ from symphony.memory.checkpoint import load_checkpoint, save_adapters
 from symphony.memory.inject import adapter_state_dict, inject, memory_adapters
 from symphony.memory.persistent import PersistentMemory, persistent_memory
 from symphony.models.tiny import tiny_model
-from stream_helpers import SMALL, engine, ids_for, segment_logits
+from helpers import SMALL, engine, ids_for, segment_logits
 
 P = 4
 

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
 
+from helpers import invoke, one_line_error
 from symphony.pipeline.phases import PHASES, get_phase
 from symphony.cli.main import main
 from symphony.config import load_config
@@ -18,10 +18,6 @@ from symphony.pipeline.runs import manifest_path, read_manifest
 
 def run_phase1(cfg, run_dir, force=False):
     return get_phase(1)(cfg, run_dir, force=force, progress=False)
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def check_manifest(m: dict, cfg) -> None:
@@ -196,16 +192,6 @@ def test_cli_corrupt_manifest(tmp_path):
     res = invoke("run-phase", 1, "-c", "tiny", "-r", tmp_path)
     assert res.exit_code == 2
     assert "corrupt" in res.stderr and "Traceback" not in res.output
-
-
-def one_line_error(res) -> str:
-    assert res.exit_code == 2, res.output
-    assert "Traceback" not in res.output
-    assert res.exception is None or isinstance(res.exception, SystemExit)
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 @pytest.mark.parametrize("n", [3, 4, 5, 6, 7])

@@ -8,7 +8,7 @@ import typing
 
 import pytest
 
-from cli_helpers import invoke
+from helpers import invoke
 from symphony.config import load_config
 from symphony.errors import SymphonyError
 from symphony.pipeline.phases import PHASES, TrainingSpec, get_phase, training_spec

@@ -4,9 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from symphony.cli.main import main
+from helpers import invoke, one_line_error
 from symphony.config import load_config
 from symphony.errors import SymphonyError
 from symphony.models.info import kv_bytes_per_token
@@ -150,10 +149,6 @@ def test_weights_that_do_not_fit_are_a_clear_error(qwen):
 
 # --- the command ----------------------------------------------------------------------------------------
 
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
 def test_cli_plan_with_model_config(qwen_dir):
     res = invoke("plan", "--config", "qwen2.5-7b-8gb", "--vram", "8GB", "--model-config", qwen_dir)
     assert res.exit_code == 0, res.output
@@ -188,15 +183,6 @@ def test_cli_plan_reports_a_budget_that_does_not_fit(qwen_dir):
     res = invoke("plan", "-c", "qwen2.5-7b-8gb", "-s", "cache.window=100000", "--model-config", qwen_dir)
     assert res.exit_code == 0, res.output
     assert "does NOT fit" in res.stdout
-
-
-def one_line_error(res) -> str:
-    assert res.exit_code == 2, res.output
-    assert "Traceback" not in res.output
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 def test_cli_plan_errors_are_one_line(qwen_dir, tmp_path):

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 
+from helpers import gen
 from symphony.config import MemoryConfig
 from symphony.memory import TitansConfig, TitansMemory, state_nbytes
 from symphony.memory.complexity import dmd_residual, gated_forget, wedge_complexity
@@ -18,10 +19,6 @@ from symphony.memory.kinds import TitansSettings, build_memory
 from symphony.memory.titans import chunk_gates, memory_step, mlp_apply, page_switches
 
 BASE = dict(dim=24, heads=2, hidden=20, chunk_size=8, lr_init=0.3, momentum_init=0.8, forget_init=0.05)
-
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def make(**kw) -> TitansMemory:

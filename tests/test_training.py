@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from helpers import invoke
 from symphony.pipeline.phases import get_phase
-from symphony.cli.main import main
 from symphony.config import load_config
 from symphony.errors import SymphonyError
 from symphony.memory.checkpoint import ADAPTERS_FILE
@@ -25,10 +24,6 @@ MEMORY = ["memory.kind=fhrr", "memory.pointer=true", "memory.fhrr.holo_dim=32", 
 
 def cfg_for(*extra):
     return load_config("tiny", [*MEMORY, *extra])
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@ reads the kinds' settings) does not load torch.
 """
 from __future__ import annotations
 
+from symphony import lazy_exports
+
 _PUBLIC = {
     "FHRRConfig": "symphony.memory.fhrr",
     "FHRRMemory": "symphony.memory.fhrr",
@@ -20,9 +22,4 @@ _PUBLIC = {
 __all__ = sorted(_PUBLIC)
 
 
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        import importlib
-
-        return getattr(importlib.import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'symphony.memory' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _PUBLIC)

@@ -37,8 +37,8 @@ tokens, with keys k_i, values v_i, queries q_i projected from x and write weight
   between calls (`symphony.memory.detach_state`) for truncated BPTT.
 - Bounded read-out (`read_norm`, on in the engine's config): each head's M_W(q) is RMS-normalised before
   `to_out`, as titans-pytorch's post-retrieval RMSNorm. However far the weights drift on a stream much
-  longer than the training samples, the branch's output then stays ‖to_out‖-sized; without it the first
-  trained memory (1.5k-token samples) made SmolLM2 diverge at 8k tokens (perplexity 10^8).
+  longer than the training samples, the branch's output then stays ‖to_out‖-sized; an unnormalised read-out
+  follows the drifting weights and can blow the model up far past the training length.
 - The memory math runs in float32 (float64 if the module is float64) whatever the model dtype.
 
 Research extensions (off by default; with both off every output and state is what it was without them):

@@ -100,7 +100,9 @@ def config_args(config) -> list[str]:
     if not isinstance(preset, str):
         return []
     if isinstance(d.get("memory"), dict):  # a manifest from an older version may hold the memory's old flat keys
-        d["memory"] = asdict(recorded_memory_config(d["memory"]))
+        memory = recorded_memory_config(d["memory"])
+        memory.checkpoint = d["memory"].get("checkpoint", "")  # a record drops it; a config asks to load it
+        d["memory"] = asdict(memory)
     base = load_config(preset if preset in preset_names() else None)
     mine, theirs = _flatten(d), _flatten(base.to_dict())
     args = ["-c", base.preset]

@@ -1,0 +1,67 @@
+"""Helpers shared by the tests: driving the command line, seeded ids and generators, streaming tiny models."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from click.testing import CliRunner
+
+from symphony.cli.main import main
+from symphony.runtime.engine import StreamingEngine
+
+
+# ---- the command line ----------------------------------------------------------------------------------
+
+def invoke(*args, input=None, catch_exceptions: bool = True):
+    """Run `symphony ARGS...` in-process (a single list or tuple is taken as the whole argument list)."""
+    if len(args) == 1 and isinstance(args[0], (list, tuple)):
+        args = tuple(args[0])
+    return CliRunner().invoke(main, [str(a) for a in args], input=input, catch_exceptions=catch_exceptions)
+
+
+def one_line_error(res, ignore: tuple[str, ...] = ()) -> str:
+    """The single `error: ...` line of a refused command (exit 2, no traceback); stderr lines starting with an
+    `ignore` prefix (progress output) are skipped."""
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    lines = [line for line in res.stderr.splitlines() if line.strip() and not line.startswith(ignore or "\0")]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def usage_error(res, option: str) -> str:
+    """click's refusal of a bad option value: exit 2, no traceback, the error names the option."""
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    line = next(line for line in res.stderr.splitlines() if line.startswith("Error:"))
+    assert option in line, res.stderr
+    return line
+
+
+# ---- seeded randomness and streaming -------------------------------------------------------------------
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# small memories so the tiny model's tests stay fast
+SMALL = ["memory.fhrr.holo_dim=32", "memory.chunk_size=16", "memory.titans.hidden=16"]
+
+
+def ids_for(n: int, seed: int = 0) -> torch.Tensor:
+    """n random token ids of the tiny vocabulary, the same for the same seed."""
+    return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def engine(model, cfg, policy="symphony", **cache) -> StreamingEngine:
+    """A streaming engine over `model` with cfg's cache, overridden by `cache` keys."""
+    return StreamingEngine(model, None, dataclasses.replace(cfg.cache, **cache), cfg.salience, policy=policy)
+
+
+def segment_logits(eng: StreamingEngine, stream, ids: torch.Tensor) -> torch.Tensor:
+    """Ingest ids into stream; the logits of every segment, concatenated."""
+    out = []
+    eng.ingest(stream, ids, on_segment=lambda s, seg, logits: out.append(logits.clone()))
+    return torch.cat(out)
