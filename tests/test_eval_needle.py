@@ -24,8 +24,6 @@ BASE = ["eval", "needle", "-c", "tiny", "--depths", "0,50"]
 KEY_FIELDS = ("method", "context_len", "depth", "trial")
 
 
-
-
 @pytest.fixture
 def trials(monkeypatch):
     """Counts engine runs; `symphony` answers from an oracle that reads the haystack (so the summary has
