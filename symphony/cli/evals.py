@@ -62,6 +62,8 @@ def needle(cfg, methods, out, resume, memory_limit, lengths, depths, trials, see
     \b
     Writes OUT/needle.json (every trial, saved as it finishes; --resume skips finished cells),
     OUT/needle_<method>.png (depth x length heatmaps) and prints an accuracy table.
+    Under `accelerate launch --num_processes N -m symphony.cli.main eval needle ...` the cells are split
+    across N processes (GPUs or nodes; across nodes OUT must be shared) and merged into the same OUT/needle.json.
     Example:  symphony eval needle --lengths 1k,8k,32k --depths 0,50,100 --methods sinks,symphony
     """
     from symphony.evaluation.methods import parse_lengths
@@ -97,7 +99,9 @@ def ppl(cfg, methods, out, resume, memory_limit, text, dataset, split, text_fiel
     sinks / symphony stream the text through their bounded caches; full uses the model's whole
     context window (a sliding window with stride window/2 once the text is longer than it).
     Writes OUT/ppl.json (one row per method, saved as each finishes; --resume skips finished methods,
-    plus mean NLL per --bucket positions) and OUT/ppl.png, and prints a table.
+    plus mean NLL per --bucket positions) and OUT/ppl.png, and prints a table. Under
+    `accelerate launch --num_processes N -m symphony.cli.main eval ppl ...` the methods are split across the
+    processes and merged into the same OUT/ppl.json.
     Example:  symphony eval ppl --max-tokens 16384 --methods full,sinks,symphony
     """
     from symphony.evaluation.ppl import run_ppl
@@ -120,9 +124,11 @@ def integrity(cfg, methods, out, resume, memory_limit, prefix_tokens, max_new_to
     from symphony.runtime.engine import engine_from_config
     from symphony.evaluation.integrity import BATTERY, run_integrity, summarize
     from symphony.evaluation.results import ResultStore
+    from symphony.evaluation.shards import single_process_only
 
     from symphony.errors import SymphonyError
 
+    single_process_only("integrity", "is 32 short prompts, too few to be worth splitting")
     checks = BATTERY
     if only:
         names = {n.strip() for n in only.split(",") if n.strip()}

@@ -19,6 +19,8 @@ from tqdm.auto import tqdm
 from symphony.errors import SymphonyError
 from symphony.evaluation.limits import default_memory_limit, parse_memory_limit, projected_bytes
 from symphony.evaluation.results import ResultStore
+from symphony.evaluation.shards import (ShardedResults, join_world, process_config, processes_on_device,
+                                        quiet_unless_main)
 from symphony.io import atomic_savefig
 from symphony.haystack import _KEYS, Needle, build_haystack, contains_answer, random_needle
 
@@ -93,6 +95,15 @@ class _CorpusTokenizer:
         return getattr(self._tok, name)
 
 
+def deal_order(grid: list[tuple], methods: list[str]) -> list[tuple]:
+    """The (method, length, depth, trial) cells in the order they are dealt to a sharded run's processes:
+    the methods rotate one step from each (length, depth, trial) to the next. Dealt in plain order, N
+    processes and N methods would give each process one method, and methods differ in cost by orders of
+    magnitude (full vs a bounded cache at long lengths), so one process would do nearly all the work."""
+    k = len(methods)
+    return [(methods[(i + j) % k], *cell) for i, cell in enumerate(grid) for j in range(k)]
+
+
 def cell_input(tokenizer, corpus: str, context_len: int, depth: int | float, trial: int, seed: int,
                kind: str, distractors: int) -> tuple[list[Needle], list[int]]:
     """The needles and the haystack token ids of one cell (identical for every method)."""
@@ -114,11 +125,12 @@ def held_bytes(device: torch.device) -> int:
     return int(psutil.Process().memory_info().rss)
 
 
-def memory_budget(text: str | None, device: torch.device) -> tuple[int, int]:
+def memory_budget(text: str | None, device: torch.device, sharing: int = 1) -> tuple[int, int]:
     """(limit on the process's total, bytes held now). An explicit --memory-limit is the total;
-    the default (80% of what is free) is headroom on top of what is held already."""
+    the default (80% of what is free) is headroom on top of what is held already, split evenly between the
+    `sharing` processes of a sharded run that draw on the same memory (one RAM, or one GPU)."""
     base = held_bytes(device)
-    limit = parse_memory_limit(text) if text else default_memory_limit(device) + base
+    limit = parse_memory_limit(text) if text else default_memory_limit(device) // max(sharing, 1) + base
     return limit, base
 
 
@@ -157,7 +169,7 @@ def fmt_len(n: int) -> str:
     return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
 
 
-def _settings_guard(store: ResultStore, settings: dict[str, Any]) -> None:
+def _settings_guard(store: ResultStore | ShardedResults, settings: dict[str, Any]) -> None:
     """A resumed run must measure the same thing as the run it continues."""
     old = store.previous.get("settings")
     if old is None or old == settings:
@@ -170,8 +182,10 @@ def _settings_guard(store: ResultStore, settings: dict[str, Any]) -> None:
 def run_needle(cfg, methods: list[str], out: Path, resume: bool = False, memory_limit: str | None = None,
                lengths: list[int] | None = None, depths: list[int | float] | None = None, trials: int = 1,
                seed: int = 0, haystack: str | None = None, needle_kind: str = "number", distractors: int = 0,
-               max_new_tokens: int = 32, echo: Callable[[str], None] = click.echo) -> dict[str, Any]:
-    """Run the grid (skipping cells already in out/needle.json when resuming); write JSON, heatmaps, table."""
+               max_new_tokens: int = 32, echo: Callable[[str], None] = click.echo) -> dict[str, Any] | None:
+    """Run the grid (skipping cells already in out/needle.json when resuming); write JSON, heatmaps, table.
+    Under accelerate launch / torchrun the cells are split across the processes (`shards`); rank 0 merges,
+    draws and prints, and returns the results, the other ranks return None."""
     from symphony.corpus import builtin_text, load_text
     from symphony.runtime.engine import StreamingEngine, engine_from_config
     from symphony.models.info import context_window, kv_bytes_per_token
@@ -185,8 +199,14 @@ def run_needle(cfg, methods: list[str], out: Path, resume: bool = False, memory_
     if not 0 <= distractors <= MAX_DISTRACTORS:
         raise SymphonyError(f"--distractors must be between 0 and {MAX_DISTRACTORS}; got {distractors}")
     path = Path(out) / "needle.json"
-    store = ResultStore(path, key_fields=("method", "context_len", "depth", "trial"), meta={}, resume=resume,
-                        sections=("settings",))
+    world = join_world()
+    echo = quiet_unless_main(world, echo)
+    cfg = process_config(cfg, world)
+    grid = [(n, d, t) for n in lengths for d in depths for t in range(trials)]
+    # one cell per (method, length, depth, trial), in the order one process writes its rows
+    cells = [(m, n, d, t) for n, d, t in grid for m in methods]
+    store = ShardedResults(path, ("method", "context_len", "depth", "trial"), cells, resume=resume,
+                           deal=deal_order(grid, methods), checked=("settings",), derive=summarize, world=world)
 
     corpus = load_text(haystack) if haystack else builtin_text()
     settings = {
@@ -206,7 +226,7 @@ def run_needle(cfg, methods: list[str], out: Path, resume: bool = False, memory_
     device = base_engine.device
     window = context_window(model.config)
     kv_per_token = kv_bytes_per_token(model.config, model.dtype.itemsize)
-    limit, base = memory_budget(memory_limit, device)
+    limit, base = memory_budget(memory_limit, device, processes_on_device(device, world))
     store.meta.update({
         "suite": "needle", "settings": settings, "model_window": window, "kv_bytes_per_token": kv_per_token,
         "memory_limit_bytes": limit, "device": str(device),
@@ -215,11 +235,12 @@ def run_needle(cfg, methods: list[str], out: Path, resume: bool = False, memory_
     hay_tok = _CorpusTokenizer(tok, corpus)
     before, after = base_engine.chat_format.first_user
 
-    cells = [(n, d, t) for n in lengths for d in depths for t in range(trials)]
-    bar = tqdm(total=len(cells) * len(methods), desc="needle", unit="trial")
-    for n, d, t in cells:
-        todo = [m for m in methods if not store.has(method=m, context_len=n, depth=d, trial=t)]
-        bar.update(len(methods) - len(todo))
+    # rank 0's bar stands for the run (its share of the cells); the others would draw over it
+    bar = tqdm(total=len(store.mine), desc="needle", unit="trial", disable=not world.main)
+    for n, d, t in grid:
+        mine = [m for m in methods if store.owns(method=m, context_len=n, depth=d, trial=t)]
+        todo = [m for m in mine if not store.has(method=m, context_len=n, depth=d, trial=t)]
+        bar.update(len(mine) - len(todo))
         if not todo:
             continue
         needles, ids = cell_input(hay_tok, corpus, n, d, t, seed, needle_kind, distractors)
@@ -248,10 +269,11 @@ def run_needle(cfg, methods: list[str], out: Path, resume: bool = False, memory_
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
             row["beyond_window"] = bool(window and n > window)
-            store.add(row, extra=summarize)
+            store.add(row)
             bar.update(1)
     bar.close()
-    store.save(extra=summarize)
+    if not store.finish():
+        return None
 
     summary = summarize(store.rows)["summary"]
     model_name = cfg.model.name

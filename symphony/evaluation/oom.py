@@ -183,7 +183,9 @@ def run_oom(cfg, lengths: list[int], methods: list[str], out: Path, resume: bool
     cell and the plot to out/oom.png. Returns the rows."""
     from symphony.evaluation.limits import resolve_memory_limit
     from symphony.evaluation.results import ResultStore
+    from symphony.evaluation.shards import single_process_only
 
+    single_process_only("oom", "measures peak memory and speed, which processes sharing a machine would skew")
     out = Path(out)
     lengths = sorted(set(int(n) for n in lengths))
     facts = model_facts(cfg)

@@ -23,7 +23,8 @@ from transformers import DynamicCache
 from symphony.errors import SymphonyError
 from symphony.evaluation.limits import projected_bytes
 from symphony.evaluation.needle import _settings_guard, memory_budget
-from symphony.evaluation.results import ResultStore
+from symphony.evaluation.shards import (ShardedResults, join_world, process_config, processes_on_device,
+                                        quiet_unless_main)
 from symphony.io import atomic_savefig
 from symphony.models.compat import with_cache
 from symphony.runtime.policies import POLICIES
@@ -122,8 +123,10 @@ def bucket_means(nll: torch.Tensor, bucket: int) -> list[float]:
 def run_ppl(cfg, methods: list[str], out: Path, resume: bool = False, memory_limit: str | None = None,
             text: str | None = None, dataset: str | None = None, split: str = "test", text_field: str = "text",
             max_tokens: int = 8192, bucket: int = 256, full_window: int | None = None, stride: int | None = None,
-            echo: Callable[[str], None] = click.echo) -> dict[str, Any]:
-    """Score the first `max_tokens` tokens with every method; write out/ppl.json and out/ppl.png."""
+            echo: Callable[[str], None] = click.echo) -> dict[str, Any] | None:
+    """Score the first `max_tokens` tokens with every method; write out/ppl.json and out/ppl.png. Under
+    accelerate launch / torchrun the methods are split across the processes (`shards`); rank 0 merges, draws
+    and prints, and returns the results, the other ranks return None."""
     from symphony.corpus import builtin_text, load_text
     from symphony.runtime.engine import StreamingEngine, engine_from_config
     from symphony.models.info import context_window, kv_bytes_per_token
@@ -135,8 +138,12 @@ def run_ppl(cfg, methods: list[str], out: Path, resume: bool = False, memory_lim
     if bucket < 1:
         raise SymphonyError("--bucket must be at least 1")
     path = Path(out) / "ppl.json"
-    store = ResultStore(path, key_fields=("method",), meta={}, resume=resume,
-                        sections=("settings", "per_position"))
+    world = join_world()
+    echo = quiet_unless_main(world, echo)
+    cfg = process_config(cfg, world)
+    # a method scores the whole text in one pass, so the method is the cell
+    store = ShardedResults(path, ("method",), [(m,) for m in methods], resume=resume, checked=("settings",),
+                           sections=("per_position",), world=world)
     source = text or dataset or "builtin"
     if dataset:
         body = load_text(dataset, split=split, text_field=text_field)
@@ -167,18 +174,15 @@ def run_ppl(cfg, methods: list[str], out: Path, resume: bool = False, memory_lim
         "cache": {k: v for k, v in vars(cfg.cache).items() if k != "policy"},
     }
     _settings_guard(store, settings)
-    per_position: dict[str, list[float]] = dict(store.previous.get("per_position") or {})
+    per_position: dict[str, list[float]] = store.section("per_position")
     device = base_engine.device
     kv_per_token = kv_bytes_per_token(model.config, model.dtype.itemsize)
-    limit, base = memory_budget(memory_limit, device)
+    limit, base = memory_budget(memory_limit, device, processes_on_device(device, world))
     store.meta.update({"suite": "ppl", "settings": settings, "model_window": model_window, "device": str(device),
                        "memory_limit_bytes": limit, "methods": methods})
 
-    def extra(_rows):
-        return {"per_position": per_position}
-
     for m in methods:
-        if store.has(method=m):
+        if not store.owns(method=m) or store.has(method=m):
             continue
         eng = StreamingEngine(model, tok, cfg.cache, cfg.salience, policy=m)
         seg = cfg.cache.segment_len
@@ -214,8 +218,9 @@ def run_ppl(cfg, methods: list[str], out: Path, resume: bool = False, memory_lim
             finally:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-        store.add(row, extra=extra)
-    store.save(extra=extra)
+        store.add(row)
+    if not store.finish():
+        return None
 
     plot_ppl(store.rows, per_position, bucket, Path(out) / "ppl.png", model_name=cfg.model.name,
              model_window=model_window)

@@ -45,6 +45,11 @@ class ResultStore:
     def has(self, **cell: Any) -> bool:
         return self.key(cell) in self._done
 
+    def set_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Replace the rows (a merge of several processes' shards); written at the next save."""
+        self.rows = list(rows)
+        self._done = {self.key(r) for r in self.rows}
+
     def add(self, row: dict[str, Any], extra: Callable[[list[dict]], dict] | None = None) -> None:
         self.rows.append(row)
         self._done.add(self.key(row))
