@@ -32,7 +32,8 @@ class SymphonyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except SymphonyError as e:
-            click.secho(f"error: {e}", fg="red", err=True)
+            if os.environ.get("RANK", "0") == "0":  # under `accelerate launch` every process fails alike: say it once
+                click.secho(f"error: {e}", fg="red", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted; finished work was saved", err=True)
