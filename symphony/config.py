@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,26 @@ from typing import Any
 import yaml
 
 from symphony.errors import SymphonyError
+from symphony.io import ensure_writable_dir
 from symphony.memory.kinds import KINDS, kind_names
+
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
+          "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
+
+
+def parse_size(text: str | int | float) -> int:
+    """'8GB', '7.5 GiB', '512MB', 1024 -> bytes (GB means GiB, as GPU sizes are quoted)."""
+    if isinstance(text, bool):
+        raise SymphonyError(f"cannot read memory size {text!r}; use e.g. 8GB, 7.5GiB or 512MB")
+    if isinstance(text, (int, float)):
+        if not math.isfinite(text) or text < 0:
+            raise SymphonyError(f"memory size must be a non-negative number of bytes, got {text!r}")
+        return int(text)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise SymphonyError(f"cannot read memory size '{text}'; use e.g. 8GB, 7.5GiB or 512MB")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
 @dataclass
@@ -38,11 +58,39 @@ class CacheConfig:
     window: int = 1024  # most recent tokens
     segment_len: int = 256  # tokens per prefill forward; bounds activation memory
     span_len: int = 16  # the ledger keeps whole spans of this many tokens
-    recall_tokens: int = 32768  # token ids of evicted spans kept for recall (4 bytes each; 0 = off)
+    # the recall archive (symphony/runtime/recall.py): token ids of evicted spans, in RAM preallocated to this many
+    # bytes ("8MB" or a number; each span takes 4 x span_len + 12: 4.75 B/token at span_len 16, so 8MB covers
+    # 1.77M tokens whole); past that, the lowest-salience span gives way. 0 = off
+    recall_bytes: str = "8MB"
+    recall_tokens: int = -1  # the older key: when set (>= 0) it sizes the archive in token ids instead (0 = off)
+    # a folder: each stream's archive is memory-mapped files in a new subfolder there, growing on disk with the
+    # stream (every span kept, RAM constant) and readable again after a restart; empty = in RAM
+    recall_path: str = ""
     recall_budget: int = 192  # tokens of recalled spans re-read in front of a question
     # a span is recalled only if the query terms it adds weigh at least this share of the first pick's
     # (so spans that merely repeat the question's template, e.g. distractor facts, stay out); 0 = any gain
     recall_min_gain: float = 0.3
+
+    def recall_spans(self) -> int:
+        """Spans the in-RAM recall archive has room for (0: recall off): when `recall_tokens` is set (>= 0), that many
+        token ids' worth (at least one span), else `recall_bytes` over one span's bytes."""
+        if self.recall_tokens >= 0:
+            return max(1, self.recall_tokens // max(1, self.span_len)) if self.recall_tokens else 0
+        return parse_size(self.recall_bytes) // recall_span_nbytes(self.span_len)
+
+    def recall_nbytes(self) -> int:
+        """Bytes of the in-RAM recall archive, fixed by the config (0: off); a disk-backed archive
+        (`recall_path`) preallocates none and grows on disk instead."""
+        return self.recall_spans() * recall_span_nbytes(self.span_len)
+
+
+# the recall archive's layout (symphony/runtime/recall.py): an int32 id per token, an int64 stream start and a
+# float32 salience per span
+RECALL_ID_BYTES, RECALL_SPAN_BYTES = 4, 12
+
+
+def recall_span_nbytes(span_len: int) -> int:
+    return RECALL_ID_BYTES * max(1, span_len) + RECALL_SPAN_BYTES
 
 
 @dataclass
@@ -350,7 +398,7 @@ def validate(cfg: SymphonyConfig) -> None:
             raise SymphonyError(f"config key '{key}' must be one of {', '.join(allowed)}; got '{value}'")
     # (section, smallest allowed value, keys): counts that a zero or negative value would break later
     minimums = (
-        ("cache", 0, ("sinks", "ledger", "recall_tokens", "recall_budget")),
+        ("cache", 0, ("sinks", "ledger", "recall_budget")),
         ("cache", 1, ("window", "segment_len", "span_len")),
         ("salience", 0, ("smooth_radius",)),
         ("salience", 1, ("ngram",)),
@@ -381,6 +429,7 @@ def validate(cfg: SymphonyConfig) -> None:
             raise SymphonyError(f"config key 'salience.{key}' must be a finite number; got {getattr(s, key)}")
     if not math.isfinite(m.gate_init):
         raise SymphonyError(f"config key 'memory.gate_init' must be a finite number; got {m.gate_init}")
+    _validate_recall(c)
     if not 0 <= c.recall_min_gain <= 1:
         raise SymphonyError(f"config key 'cache.recall_min_gain' must be between 0 and 1; got {c.recall_min_gain}")
     parse_layer_spec(m.layers)
@@ -393,6 +442,23 @@ def validate(cfg: SymphonyConfig) -> None:
     t = cfg.train
     if not (t.lr > 0 and math.isfinite(t.lr)):
         raise SymphonyError(f"config key 'train.lr' must be a positive number; got {t.lr}")
+
+
+def _validate_recall(c: CacheConfig) -> None:
+    if c.recall_tokens < -1:
+        raise SymphonyError(f"config key 'cache.recall_tokens' must be positive or 0 (off), or -1 to size the recall"
+                            f" archive by cache.recall_bytes; got {c.recall_tokens}")
+    try:
+        size = parse_size(c.recall_bytes)
+    except SymphonyError:
+        raise SymphonyError(f"config key 'cache.recall_bytes' must be a size such as 8MB, 512KB or a number of bytes"
+                            f" (0 = off); got '{c.recall_bytes}'") from None
+    span = recall_span_nbytes(c.span_len)
+    if c.recall_tokens < 0 and 0 < size < span:
+        raise SymphonyError(f"config key 'cache.recall_bytes' must be 0 (off) or hold at least one span ({span} B at"
+                            f" span_len {c.span_len}); got '{c.recall_bytes}'")
+    if c.recall_path and c.recall_spans() > 0:  # refused now, in one line, not after the model has loaded
+        ensure_writable_dir(c.recall_path, what="cache.recall_path")
 
 
 def _section(cfg: SymphonyConfig, dotted: str) -> Any:

@@ -8,33 +8,16 @@ take cache slots of their own, beside sinks + ledger + window.
 """
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from symphony.config import CacheConfig, parse_size, recall_span_nbytes
 from symphony.errors import SymphonyError
 from symphony.models.info import context_window, head_dim, kv_bytes_per_token, kv_heads
 
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
-          "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 QUANT_BITS = {"none": None, "8bit": 8, "4bit": 4}
 DEFAULT_OVERHEAD_CAP = 600 << 20  # CUDA context + allocator slack, at most this much
-
-
-def parse_size(text: str | int | float) -> int:
-    """'8GB', '7.5 GiB', '512MB', 1024 -> bytes (GB means GiB, as GPU sizes are quoted)."""
-    if isinstance(text, bool):
-        raise SymphonyError(f"cannot read memory size {text!r}; use e.g. 8GB, 7.5GiB or 512MB")
-    if isinstance(text, (int, float)):
-        if not math.isfinite(text) or text < 0:
-            raise SymphonyError(f"memory size must be a non-negative number of bytes, got {text!r}")
-        return int(text)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise SymphonyError(f"cannot read memory size '{text}'; use e.g. 8GB, 7.5GiB or 512MB")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
 def format_size(n: float) -> str:
@@ -255,6 +238,19 @@ class PlanReport:
     configured: dict[str, int]  # the config's sinks / ledger / window / persistent-memory slots
     span_len: int
     memory_note: str = "memory.kind none"  # what the memories row holds, in words
+    recall_note: str = ""  # the recall archive, in words (host memory: not part of the plan's total)
+
+
+def recall_summary(c: CacheConfig) -> str:
+    """The recall archive `c` configures, in words: its bytes and the stream length it keeps whole."""
+    if c.recall_spans() == 0:
+        return "off (" + ("cache.recall_tokens=0" if c.recall_tokens == 0 else "cache.recall_bytes=0") + ")"
+    per_token = f"{recall_span_nbytes(c.span_len) / c.span_len:.2f} B/token"
+    if c.recall_path:
+        return (f"on disk, a new folder per stream under {c.recall_path}: grows {per_token} with the stream, any"
+                " length kept whole (RAM: none preallocated)")
+    return (f"{format_size(c.recall_nbytes())} in RAM, fixed: token ids of {c.recall_spans() * c.span_len:,}"
+            f" tokens kept whole ({per_token}); past that the lowest-salience spans give way")
 
 
 def load_model_config(path: str | Path):
@@ -295,15 +291,13 @@ def plan_for(cfg, vram: str | int, model_config: str | Path | None = None, segme
     n_params = count_parameters_from_config(config)
     n_embedding = embedding_params(config)
     c = cfg.cache
-    # the recall ledger: 4 bytes per token id + a start position and score per span
-    memories += c.recall_tokens * 4 + (c.recall_tokens // max(1, c.span_len)) * 12
     adapters, per_slot, note = memory_terms(cfg.memory, config)
     plan = make_plan(config, n_params, n_embedding, dtype, cfg.model.quantization, limit,
                      segment_len or c.segment_len, memories=memories + adapters, memory_per_slot=per_slot)
     configured = {"sinks": c.sinks, "ledger": c.ledger, "window": c.window,
                   "persistent": cfg.memory.persistent_tokens}
     return PlanReport(plan, model, config, n_params, n_embedding, dtype, cfg.model.quantization, configured,
-                      c.span_len, note)
+                      c.span_len, note, recall_summary(c))
 
 
 def _count(n: int) -> str:
@@ -328,7 +322,7 @@ def render_plan(r: PlanReport) -> list[str]:
         ("weights", p.weights, f"{r.n_params:,} params ({r.n_embedding:,} in embeddings/lm_head)"),
         ("activations / segment", p.activations, f"{p.segment_len} tokens per forward, scores over"
                                                  f" {p.slots + p.segment_len:,} keys"),
-        ("memories", p.memories_total, f"recall ledger (token ids of archived spans); {r.memory_note}"),
+        ("memories", p.memories_total, r.memory_note),
         ("CUDA context/allocator", p.overhead, "context, kernels, fragmentation"),
         ("cache slots", p.cache, f"({p.slots:,} slots + {p.segment_len} segment) x {p.kv_per_token:,} B/token"),
         ("headroom", p.headroom, "unused" + (f" (cache capped by the {p.context_window:,}-token context window)"
@@ -339,6 +333,8 @@ def render_plan(r: PlanReport) -> list[str]:
     lines.append(f"  {'-' * 24}{'-' * 11}")
     lines.append(f"  {'total':<24}{format_size(p.total):>11}   of the {format_size(p.limit)} limit"
                  " (every row above but headroom)")
+    if r.recall_note:
+        lines.append(f"  recall archive (host memory, not in the total): {r.recall_note}")
     persistent = r.configured.get("persistent", 0)
     split = p.split(r.configured["sinks"], 0.25, r.span_len, reserved=persistent)
     extra = f" + {persistent} persistent" if persistent else ""

@@ -6,6 +6,7 @@ import torch
 from symphony.config import SymphonyConfig
 from symphony.models.info import check_cache_in_context, context_window, kv_bytes_per_token
 from symphony.models.loading import load_config_only, resolve_device, resolve_dtype, resolve_source
+from symphony.planner import recall_summary
 from symphony.runtime.policies import get_policy
 
 
@@ -51,5 +52,6 @@ def model_facts(cfg: SymphonyConfig) -> dict[str, str]:
         "bounded cache": f"{c.sinks} sinks + {c.ledger} ledger + {c.window} window (+{c.segment_len} segment)"
                          f" = {slots} slots = {fmt_bytes(slots * per_token)}, at any input length",
         "full cache at 128k": fmt_bytes(128 * 1024 * per_token),
+        "recall archive": recall_summary(c),
         "artifacts": str(cfg.artifacts_path),
     }

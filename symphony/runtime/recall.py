@@ -1,92 +1,318 @@
-"""The recall ledger: token ids of evicted spans, kept in a fixed budget, re-read when a question needs them.
+"""The recall archive: token ids of evicted spans, re-read when a question needs them.
 
-A token's KV costs tens of KB; its id costs 4 bytes. So the pointer ledger keeps the ids of many
-more candidate spans than the cache can hold as KV (the best by salience when it is full), and when a
-question arrives, the spans that cover its rarest words are re-encoded in front of it: exact text,
-still a fixed budget. The recent window (not archived yet) competes too: when the best match is still
-there, it is that text that gets re-read, not an archived look-alike.
+A token's KV costs tens of KB; its id costs 4 bytes. So the archive keeps the ids of far more spans than the
+cache can hold as KV, and when a question arrives, the spans that cover its rarest words are re-encoded in
+front of it: exact text, still a fixed budget. The recent window (not archived yet) competes too: when the
+best match is still there, it is that text that gets re-read, not an archived look-alike.
+
+Each span takes its token ids (int32), its stream start (int64) and its salience (float32): 4 x span_len + 12
+bytes (`symphony.config.recall_span_nbytes`). In RAM the rows are preallocated (`cache.recall_bytes`), so the
+archive's bytes are fixed by the config at any input length; once every row is taken, the lowest-scored span
+gives way. On disk (`cache.recall_path`) the rows are memory-mapped files, one row per span of the stream
+(row = start // span_len), that grow with the stream while RAM stays constant; every span is kept.
+`recall.json` beside them, written atomically, records the layout, so a RecallLedger opened later on the same
+folder reads the archive back. A search reads the rows in chunks, so its own memory is bounded as well.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
+import secrets
+import sys
+import time
+import weakref
+from pathlib import Path
 
+import numpy as np
 import torch
+
+from symphony.config import RECALL_ID_BYTES, RECALL_SPAN_BYTES, CacheConfig, recall_span_nbytes
+from symphony.errors import SymphonyError
+from symphony.io import atomic_write_json
+
+# dtype and file of each per-span column; their itemsizes are config.RECALL_ID_BYTES and RECALL_SPAN_BYTES
+COLUMNS = (("ids", torch.int32, np.int32, "ids.i32", -1), ("start", torch.int64, np.int64, "start.i64", -1),
+           ("score", torch.float32, np.float32, "score.f32", -math.inf))
+assert COLUMNS[0][1].itemsize == RECALL_ID_BYTES and sum(c[1].itemsize for c in COLUMNS[1:]) == RECALL_SPAN_BYTES
+META, FORMAT = "recall.json", "symphony-recall/1"
+CHUNK_SPANS = 4096  # rows a search (or a reopen's recount) reads at a time
+GROW_SPANS = 4096  # rows a disk archive grows by at least (then by an eighth of its size): few remaps, little slack
+MAX_CANDIDATES = 4096  # spans, by the query weight they hold, that a search judges (with their neighbours)
+
+
+def new_archive_path(parent: str | os.PathLike) -> Path:
+    """A fresh, unused subfolder name of `parent` for one stream's archive: every stream starts at position 0, so
+    each needs rows of its own."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(parent).expanduser() / f"stream-{stamp}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 class RecallLedger:
-    def __init__(self, capacity_tokens: int, span_len: int):
+    def __init__(self, capacity_tokens: int, span_len: int, path: str | os.PathLike | None = None):
+        """In RAM: room for capacity_tokens // span_len spans (at least one), preallocated. With `path` (a folder):
+        the archive there, opened if one is, else created at the first `add`; it grows, so capacity_tokens is unused."""
         self.span_len = max(1, span_len)
-        self.n_spans = max(1, capacity_tokens // self.span_len)
-        self.ids = torch.full((self.n_spans, self.span_len), -1, dtype=torch.int32)
-        self.start = torch.full((self.n_spans,), -1, dtype=torch.long)  # stream position of the span's start
-        self.score = torch.full((self.n_spans,), -math.inf)
-        self._row_of: dict[int, int] = {}
-        self.end = 0  # one past the last stream position archived: later positions are still in the window
+        self.path = None if path is None else Path(path).expanduser()
+        # spans held, one past the last stream position archived; in a dict the disk finalizer shares
+        self._state = {"spans": 0, "end": 0, "dirty": False}
+        if self.path is None:
+            self.n_spans: int | None = max(1, capacity_tokens // self.span_len)
+            self.ids, self.start, self.score = (torch.full(self._shape(name, self.n_spans), fill, dtype=dtype,
+                                                           device="cpu") for name, dtype, _, _, fill in COLUMNS)
+            self._row_of: dict[int, int] = {}
+            return
+        self.n_spans = None  # every span is kept
+        self._maps: list[np.memmap] = []
+        self._map(0)
+        meta = self._read_meta()
+        if meta is not None:
+            self._reopen(meta)
+        # flushes the files and marks recall.json clean when the ledger is dropped or the process exits
+        self._finalizer = weakref.finalize(self, _flush, self._maps, self.path, self.span_len, self._state)
+
+    @classmethod
+    def for_cache(cls, c: CacheConfig) -> RecallLedger | None:
+        """The archive a `symphony`-policy stream gets from `c`: None when recall is off; in RAM, or in a new
+        subfolder of `c.recall_path`."""
+        spans = c.recall_spans()
+        if spans == 0:
+            return None
+        return cls(spans * c.span_len, c.span_len, new_archive_path(c.recall_path) if c.recall_path else None)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> RecallLedger:
+        """The disk archive in `path`, with the span length it was written with."""
+        meta = _load_meta(Path(path).expanduser())
+        if meta is None:
+            raise SymphonyError(f"{path} holds no recall archive ({META} is missing); pass the folder a stream's"
+                                " archive was written to (a subfolder of cache.recall_path)")
+        return cls(0, meta["span_len"], path)
+
+    @property
+    def end(self) -> int:
+        """One past the last stream position archived: later positions are still in the window."""
+        return self._state["end"]
+
+    @property
+    def rows(self) -> int:
+        return self.start.shape[0]
 
     def nbytes(self) -> int:
+        """Bytes the archive holds: fixed by the config in RAM; the files' size on disk (RAM: none preallocated)."""
         return self.ids.nbytes + self.start.nbytes + self.score.nbytes
 
     def __len__(self) -> int:
-        return len(self._row_of)
+        return self._state["spans"]
 
     def add(self, positions: torch.Tensor, token_ids: torch.Tensor, salience: torch.Tensor) -> None:
-        """Store archived tokens (left the window), grouped into aligned spans; when full, the lowest-scored span gives way."""
+        """Store archived tokens (left the window), grouped into aligned spans; when a RAM archive is full, the
+        lowest-scored span gives way."""
+        real = positions >= 0  # persistent-memory slots (negative positions) hold learned tokens, not stream text
+        positions, token_ids, salience = positions[real], token_ids[real], salience[real]
         if positions.numel() == 0:
             return
-        self.end = max(self.end, int(positions.max()) + 1)
+        if self.path is not None and not self._state["dirty"]:
+            self._mark_dirty()
+        st = self._state
+        st["end"] = max(st["end"], int(positions.max()) + 1)
         span_start = torch.div(positions, self.span_len, rounding_mode="floor") * self.span_len
         for s in torch.unique(span_start).tolist():
             sel = span_start == s
-            offs, ids, sal = positions[sel] - s, token_ids[sel], salience[sel]
-            row = self._row_of.get(s)
+            offs, ids, score = positions[sel] - s, token_ids[sel], float(salience[sel].mean())
+            row, new = self._place(s, score)
             if row is None:
-                score = float(sal.mean())
-                row = self._free_row(score)
-                if row is None:
-                    continue
+                continue
+            if new:
                 self.ids[row] = -1
                 self.start[row], self.score[row] = s, score
-                self._row_of[s] = row
+                st["spans"] += 1
             else:
-                self.score[row] = max(float(self.score[row]), float(sal.mean()))
+                self.score[row] = max(float(self.score[row]), score)
             self.ids[row, offs] = ids.to(torch.int32)
+
+    def flush(self) -> None:
+        """Disk archive: write the mapped rows through and mark recall.json clean (its counts current)."""
+        if self.path is not None:
+            _flush(self._maps, self.path, self.span_len, self._state)
+
+    # -- rows --------------------------------------------------------------------------------------------
+
+    def _shape(self, name: str, rows: int) -> tuple[int, ...]:
+        return (rows, self.span_len) if name == "ids" else (rows,)
+
+    def _place(self, s: int, score: float) -> tuple[int | None, bool]:
+        """The row of the span starting at `s` and whether it is new; None when a full RAM archive keeps its spans."""
+        if self.path is not None:
+            row = s // self.span_len
+            if row >= self.rows:
+                self._grow(row + 1)
+            return row, int(self.start[row]) < 0
+        row = self._row_of.get(s)
+        if row is not None:
+            return row, False
+        row = self._free_row(score)
+        if row is not None:
+            self._row_of[s] = row
+        return row, row is not None
 
     def _free_row(self, score: float) -> int | None:
         if len(self._row_of) < self.n_spans:
-            return int(torch.nonzero(self.start < 0)[0])
+            return len(self._row_of)  # rows fill in order; once full, a row is only ever taken over
         worst = int(torch.argmin(self.score))
         if self.score[worst] >= score:
             return None
         del self._row_of[int(self.start[worst])]
+        self._state["spans"] -= 1
         return worst
 
-    def _candidates(self, live: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, list[int]]:
-        """Token ids [spans, span_len] (-1 where absent) and stream starts of the archived spans plus the
-        spans of `live` (positions, ids of the cache's slots) not archived yet; a span cut by the archive's
-        end is one candidate, both parts merged."""
-        used = torch.nonzero(self.start >= 0)[:, 0]
-        ids, starts = self.ids[used].clone(), self.start[used].tolist()
+    def _row(self, s: int) -> int | None:
+        """The row holding the span that starts at `s`, if archived."""
+        if self.path is None:
+            return self._row_of.get(s)
+        row = s // self.span_len
+        return row if 0 <= row < self.rows and int(self.start[row]) == s else None
+
+    # -- disk --------------------------------------------------------------------------------------------
+
+    def _files(self) -> list[Path]:
+        return [self.path / file for _, _, _, file, _ in COLUMNS]
+
+    def _map(self, rows: int) -> None:
+        """Map the first `rows` rows of the files (none: empty columns, nothing on disk yet)."""
+        self._maps[:] = [np.memmap(f, dtype=np_dtype, mode="r+", shape=self._shape(name, rows))
+                         for f, (name, _, np_dtype, _, _) in zip(self._files(), COLUMNS)] if rows else []
+        cols = ([torch.from_numpy(m) for m in self._maps] if rows else
+                [torch.full(self._shape(name, 0), fill, dtype=dtype) for name, dtype, _, _, fill in COLUMNS])
+        self.ids, self.start, self.score = cols
+
+    def _grow(self, rows: int) -> None:
+        """Append empty rows (written out, not sparse: a full disk then fails here, in one line, instead of with
+        a SIGBUS when a mapped page is first written) and remap."""
+        rows = max(rows, self.rows + max(GROW_SPANS, self.rows // 8))
+        try:
+            for f, (name, _, np_dtype, _, fill) in zip(self._files(), COLUMNS):
+                with open(f, "ab") as out:
+                    for lo in range(self.rows, rows, CHUNK_SPANS):
+                        n = min(CHUNK_SPANS, rows - lo)
+                        out.write(np.full(self._shape(name, n), fill, dtype=np_dtype).tobytes())
+        except OSError as e:
+            raise SymphonyError(f"cannot grow the recall archive in {self.path} ({e.strerror or e}); free some space"
+                                " or choose another cache.recall_path") from None
+        self._map(rows)
+
+    def _mark_dirty(self) -> None:
+        """Before the first write since the last flush: recall.json says its counts may be stale, so a reader
+        after a crash recounts them from the rows."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._state["dirty"] = True
+        _write_meta(self.path, self.span_len, self._state)
+
+    def _read_meta(self) -> dict | None:
+        meta = _load_meta(self.path)
+        if meta is not None and meta["span_len"] != self.span_len:
+            raise SymphonyError(f"the recall archive in {self.path} was written with span_len {meta['span_len']},"
+                                f" not {self.span_len}; open it with RecallLedger.open or use another folder")
+        return meta
+
+    def _reopen(self, meta: dict) -> None:
+        sizes = [f.stat().st_size if f.exists() else 0 for f in self._files()]
+        self._map(min(size // (dtype.itemsize * (self.span_len if name == "ids" else 1))
+                      for size, (name, dtype, _, _, _) in zip(sizes, COLUMNS)))
+        if not meta["dirty"]:
+            self._state.update(spans=meta["spans"], end=meta["end"])
+            return
+        spans, last = 0, -1  # a writer stopped before its last flush: the rows are the truth
+        for lo in range(0, self.rows, CHUNK_SPANS):
+            start = self.start[lo:lo + CHUNK_SPANS]
+            spans += int((start >= 0).sum())
+            last = max(last, int(start.max()))
+        end = 0
+        if last >= 0:
+            held = torch.nonzero(self.ids[last // self.span_len] >= 0)[:, 0]
+            end = last + (int(held[-1]) + 1 if len(held) else 0)
+        self._state.update(spans=spans, end=end)
+
+    # -- search ------------------------------------------------------------------------------------------
+
+    def _live_rows(self, live: tuple[torch.Tensor, torch.Tensor] | None) -> dict[int, torch.Tensor]:
+        """Token-id rows of the spans of `live` (positions, ids of the cache's slots) not archived yet."""
         if live is None:
-            return ids, starts
+            return {}
         pos, tok = live[0].reshape(-1).cpu(), live[1].reshape(-1).cpu()
         sel = (pos >= self.end) & (tok >= 0)
         pos, tok = pos[sel], tok[sel]
-        row_of = {s: i for i, s in enumerate(starts)}
-        extra: list[torch.Tensor] = []
+        out = {}
         for s in torch.unique(torch.div(pos, self.span_len, rounding_mode="floor") * self.span_len).tolist():
             inside = (pos >= s) & (pos < s + self.span_len)
-            if s in row_of:
-                ids[row_of[s], pos[inside] - s] = tok[inside].to(torch.int32)
-            else:
-                row = torch.full((self.span_len,), -1, dtype=torch.int32)
-                row[pos[inside] - s] = tok[inside].to(torch.int32)
-                row_of[s] = len(starts)
-                starts.append(s)
-                extra.append(row)
-        return (torch.cat([ids, torch.stack(extra)]) if extra else ids), starts
+            row = torch.full((self.span_len,), -1, dtype=torch.int32)
+            row[pos[inside] - s] = tok[inside].to(torch.int32)
+            out[s] = row
+        return out
+
+    def _chunks(self, extra: dict[int, torch.Tensor]):
+        """(token ids [k, span_len], starts [k], order [k]) of every candidate span, a chunk of rows at a time: the
+        archived spans in row order, a span cut by the archive's end merged with its live part, then the live
+        spans not archived. `order` ranks them the same way across calls."""
+        extra_starts = torch.tensor(sorted(extra), dtype=torch.int64)
+        merged: set[int] = set()
+        for lo in range(0, self.rows, CHUNK_SPANS):
+            start = self.start[lo:lo + CHUNK_SPANS]
+            used = torch.nonzero(start >= 0)[:, 0]
+            if len(used) == 0:
+                continue
+            ids, starts = self.ids[lo:lo + CHUNK_SPANS][used], start[used].clone()
+            for i in torch.nonzero(torch.isin(starts, extra_starts))[:, 0].tolist():
+                s = int(starts[i])
+                ids[i] = _merge(ids[i], extra[s])
+                merged.add(s)
+            yield ids, starts, used + lo
+        rest = [(j, s) for j, s in enumerate(extra_starts.tolist()) if s not in merged]
+        if rest:
+            yield (torch.stack([extra[s] for _, s in rest]), torch.tensor([s for _, s in rest]),
+                   torch.tensor([self.rows + j for j, _ in rest]))
+
+    def _fetch(self, starts: list[int], extra: dict[int, torch.Tensor]):
+        """(ids, starts, order) as `_chunks` gives them, of those of `starts` that are candidates."""
+        ids, found, order = [], [], []
+        extra_index = {s: j for j, s in enumerate(sorted(extra))}
+        for s in starts:
+            row = self._row(s)
+            if row is None and s not in extra:
+                continue
+            ids.append(_merge(None if row is None else self.ids[row], extra.get(s)))
+            found.append(s)
+            order.append(self.rows + extra_index[s] if row is None else row)
+        if not found:
+            return (torch.empty(0, self.span_len, dtype=torch.int32), torch.empty(0, dtype=torch.int64),
+                    torch.empty(0, dtype=torch.int64))
+        return torch.stack(ids), torch.tensor(found), torch.tensor(order)
+
+    def _candidates(self, q: torch.Tensor, pairs: list[tuple[int, int]], weight: torch.Tensor, context: int,
+                    extra: dict[int, torch.Tensor], limit: int) -> tuple[torch.Tensor, list[int]]:
+        """Token ids and starts, in `_chunks` order, of the `limit` spans holding the most query weight and of
+        their neighbours up to `context` spans away. While no more than `limit` spans hold any, these are all
+        the spans a pick can gain from."""
+        span = self.span_len
+        best = (torch.empty(0), torch.empty(0, span, dtype=torch.int32), torch.empty(0, dtype=torch.int64),
+                torch.empty(0, dtype=torch.int64))
+        for ids, starts, order in self._chunks(extra):
+            held = (_presence(ids, q, pairs).float() * weight).sum(1)
+            some = held > 0
+            score, *rest = (torch.cat([a, b[some]]) for a, b in zip(best, (held, ids, starts, order)))
+            top = torch.sort(score, descending=True, stable=True).indices[:limit]  # ties: the earlier span
+            best = (score[top], *(t[top] for t in rest))
+        _, ids, starts, order = best
+        have = set(starts.tolist())
+        near = sorted({s + k * span for s in have for k in range(-context, context + 1) if k} - have)
+        n_ids, n_starts, n_order = self._fetch(near, extra)
+        ids, starts, order = torch.cat([ids, n_ids]), torch.cat([starts, n_starts]), torch.cat([order, n_order])
+        by_order = torch.argsort(order)
+        return ids[by_order], starts[by_order].tolist()
 
     def search(self, query_ids: list[int] | torch.Tensor, budget_tokens: int, context: int = 1,
-               min_gain: float = 0.3, live: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[list[int]]:
+               min_gain: float = 0.3, live: tuple[torch.Tensor, torch.Tensor] | None = None,
+               max_candidates: int = MAX_CANDIDATES) -> list[list[int]]:
         """Spans that cover the query's rarest tokens, with `context` neighbouring spans on each side,
         merged and returned in stream order as token-id runs.
 
@@ -101,32 +327,37 @@ class RecallLedger:
         `live` (positions, token ids of the cache's slots) adds the window's spans not archived yet as
         candidates: when the fact is still in the window, its span wins the first pick and the
         look-alikes in the archive add nothing; without it, the best archived look-alike (a distractor)
-        would be re-read right in front of the question and answered from."""
+        would be re-read right in front of the question and answered from.
+
+        The archive is read twice, a chunk of rows at a time: once for each query token's document frequency,
+        once for the `max_candidates` spans holding the most query weight; those and their neighbours are then
+        picked from. Only past that many spans sharing a query term can the picks differ from judging every span."""
         if len(self) == 0 or budget_tokens <= 0:
             return []
-        ids, starts = self._candidates(live)
-        n_spans = len(starts)
-        qa = torch.as_tensor(query_ids, dtype=torch.int32)
+        qa = torch.as_tensor(query_ids, dtype=torch.int32).reshape(-1)
         q = torch.unique(qa)
-        present = (ids[:, :, None] == q[None, None, :]).any(dim=1)  # [spans, query tokens]
-        df = present.sum(0).float()
+        pairs = list(dict.fromkeys(zip(qa[:-1].tolist(), qa[1:].tolist())))
+        extra = self._live_rows(live)
+        n_spans, df = 0, torch.zeros(len(q))
+        for ids, _, _ in self._chunks(extra):
+            n_spans += len(ids)
+            df += _presence(ids, q, []).sum(0)
         weight = torch.log((n_spans + 1) / (df + 1)) * (df > 0)
         idf = dict(zip(q.tolist(), weight.tolist()))
-        pairs = list(dict.fromkeys(zip(qa[:-1].tolist(), qa[1:].tolist())))
-        if pairs:  # a pair counts where the span holds it consecutively
-            a, b = ids[:, :-1], ids[:, 1:]
-            hits = torch.stack([((a == x) & (b == y)).any(1) for x, y in pairs], dim=1)
-            present = torch.cat([present, hits], dim=1)
-            weight = torch.cat([weight, torch.tensor([0.5 * (idf[x] + idf[y]) for x, y in pairs])])
+        weight = torch.cat([weight, torch.tensor([0.5 * (idf[x] + idf[y]) for x, y in pairs])])
+        ids, starts = self._candidates(q, pairs, weight, context, extra, max_candidates)
+        present = _presence(ids, q, pairs)
         # a span is judged with its neighbours (what a pick re-reads), theirs at half weight: a fact cut by
         # a span boundary ("... for the" | "vault is 7690137.") still counts whole, and the pick is centred
         # on the span that holds the match, not on a neighbour whose other side adds a common word
         row_of_start = {int(s): i for i, s in enumerate(starts)}
         window = [[row_of_start[s + k * self.span_len] for k in range(-context, context + 1)
                    if s + k * self.span_len in row_of_start] for s in starts]
-        reach = torch.stack([present[w].any(0) for w in window])
+        width = 2 * context + 1
+        near = torch.tensor([w + [-1] * (width - len(w)) for w in window], dtype=torch.long).reshape(-1, width)
+        reach = (present[near.clamp(min=0)] & (near >= 0)[:, :, None]).any(1)
         covered = torch.zeros(present.shape[1], dtype=torch.bool)
-        open_ = torch.ones(n_spans, dtype=torch.bool)
+        open_ = torch.ones(len(starts), dtype=torch.bool)
         chosen: set[int] = set()
         first_gain = None
         while len(chosen) * self.span_len < budget_tokens and bool(open_.any()):
@@ -154,3 +385,55 @@ class RecallLedger:
                 runs.append(row_ids)
             prev_end = s + self.span_len
         return runs
+
+
+def _presence(ids: torch.Tensor, q: torch.Tensor, pairs: list[tuple[int, int]]) -> torch.Tensor:
+    """[spans, query tokens + pairs]: whether each span holds each query token, and each pair consecutively."""
+    present = (ids[:, :, None] == q[None, None, :]).any(dim=1)
+    if not pairs:
+        return present
+    a, b = ids[:, :-1], ids[:, 1:]
+    return torch.cat([present, torch.stack([((a == x) & (b == y)).any(1) for x, y in pairs], dim=1)], dim=1)
+
+
+def _merge(archived: torch.Tensor | None, live: torch.Tensor | None) -> torch.Tensor:
+    """One span's token ids from its archived and live parts (either may be missing; live wins where both hold one)."""
+    if live is None:
+        return archived.clone()
+    return live if archived is None else torch.where(live >= 0, live, archived)
+
+
+def _load_meta(path: Path) -> dict | None:
+    """recall.json of the archive in `path` (None: no archive there)."""
+    f = path / META
+    if not f.is_file():
+        return None
+    try:
+        meta = json.loads(f.read_text(encoding="utf-8"))
+        ok = (meta.get("format") == FORMAT and isinstance(meta.get("span_len"), int) and meta["span_len"] > 0
+              and all(isinstance(meta.get(k), int) for k in ("spans", "end")) and isinstance(meta.get("dirty"), bool))
+    except (OSError, ValueError, AttributeError):
+        ok = False
+    if not ok:
+        raise SymphonyError(f"{f} is not a readable {FORMAT} header; choose another cache.recall_path or remove it")
+    if meta.get("byteorder") != sys.byteorder:
+        raise SymphonyError(f"the recall archive in {path} was written on a {meta.get('byteorder')}-endian machine;"
+                            f" this one is {sys.byteorder}-endian")
+    return meta
+
+
+def _write_meta(path: Path, span_len: int, state: dict) -> None:
+    atomic_write_json(path / META, {"format": FORMAT, "span_len": span_len, "byteorder": sys.byteorder,
+                                    "bytes_per_span": recall_span_nbytes(span_len), "spans": state["spans"],
+                                    "end": state["end"], "dirty": state["dirty"]})
+
+
+def _flush(maps: list[np.memmap], path: Path, span_len: int, state: dict) -> None:
+    """Write the mapped rows through, then record the counts as current (not `dirty`). Nothing before a write, nor
+    once the folder is gone (removed while the ledger lived: writing recall.json would only recreate it)."""
+    if not state["dirty"] or not path.is_dir():
+        return
+    for m in maps:
+        m.flush()
+    state["dirty"] = False
+    _write_meta(path, span_len, state)
