@@ -186,7 +186,7 @@ def test_a_shard_out_of_reach_is_a_clear_error(tmp_path, no_barrier):
 
 
 def test_suites_that_must_not_be_split_refuse_under_a_launcher(tmp_path, monkeypatch):
-    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("RANK", "0")  # rank 0 prints the error line; the others exit 2 quietly
     monkeypatch.setenv("WORLD_SIZE", "2")
     for suite in ("oom", "integrity"):
         line = helpers.one_line_error(helpers.invoke("eval", suite, "-c", "tiny", "-o", tmp_path / suite))
@@ -252,3 +252,10 @@ def test_two_processes_write_what_one_process_writes_and_resume(tmp_path):
     assert sum(r["seconds"] == -1.0 for r in rows) == len(kept) == 2  # rank 0's rows kept, not redone
     assert shard_paths(two / "needle.json") == []
     assert json.loads((two / "needle.json").read_text())["summary"]["sinks"]["trials"] == 2
+
+
+def test_other_ranks_exit_without_repeating_the_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    res = helpers.invoke("eval", "oom", "-c", "tiny", "-o", tmp_path / "oom")
+    assert res.exit_code == 2 and "Traceback" not in res.output and res.stderr.strip() == ""

@@ -147,3 +147,13 @@ def test_cli_reads_the_phase_registry():
     assert all(f"{p.number} {p.name}" in helptext for p in PHASES.values())
     ranges = {o.name: o.type for o in pipeline.params if o.name in ("first", "last")}
     assert all((t.min, t.max) == (min(PHASES), max(PHASES)) for t in ranges.values()) and len(ranges) == 2
+
+
+def test_training_fingerprint_ignores_the_recall_archive_size():
+    from symphony.config import load_config
+    from symphony.pipeline.train import _trained_cache
+
+    default = _trained_cache(load_config("tiny").to_dict()["cache"])
+    bigger = _trained_cache(load_config("tiny", ["cache.recall_bytes=64MB"]).to_dict()["cache"])
+    assert default == bigger
+    assert default["recall_tokens"] == 32768 and "recall_bytes" not in default  # as runs before recall_bytes hashed it

@@ -154,7 +154,17 @@ def phase_fingerprint(cfg: SymphonyConfig, run_dir: Path, phase: int) -> str:
     d = cfg.to_dict()
     return fingerprint({"phase": phase, "prev": read_manifest(run_dir, prev).get("fingerprint"),
                         "data": read_manifest(run_dir, 3).get("fingerprint"), "train": d["train"],
-                        "cache": d["cache"], "salience": d["salience"], "seed": cfg.seed})
+                        "cache": _trained_cache(d["cache"]), "salience": d["salience"], "seed": cfg.seed})
+
+
+def _trained_cache(cache: dict) -> dict:
+    """The cache settings as a phase's fingerprint has always hashed them. Training asks no questions, so the
+    recall archive's size and place (`recall_bytes`, `recall_path`, added later) are left out, and an unset
+    `recall_tokens` reads as the 32,768 it was before it could be unset: runs trained before stay up to date."""
+    out = {k: v for k, v in cache.items() if k not in ("recall_bytes", "recall_path")}
+    if out.get("recall_tokens", -1) < 0:
+        out["recall_tokens"] = 32768
+    return out
 
 
 def run_training_phase(cfg: SymphonyConfig, run_dir: str | Path, phase: int, force: bool = False,
