@@ -45,6 +45,20 @@ def oom(d):
     print()
 
 
+def speed(d):
+    print("| method | context | ingest tok/s: median (min-max) | decode ms/token: median (min-max) |")
+    print("|---|---:|---:|---:|")
+    for r in sorted(d["rows"], key=lambda r: (r["context_len"], r["method"])):
+        i, t = r["ingest_tok_s"], r["decode_ms_per_tok"]
+        print(f"| {r['method']} | {r['context_len']:,} | {i['median']:,.0f} ({i['min']:,.0f}-{i['max']:,.0f}) | "
+              f"{t['median']:.1f} ({t['min']:.1f}-{t['max']:.1f}) |")
+    print()
+    for q in d["ratios"]:
+        name = "StreamingLLM (sinks)" if q["vs"] == "sinks" else "full attention"
+        print(f"- Symphony / {name} at {q['context_len']:,} tokens: ingest speed x{q['ingest']:.2f}, "
+              f"decode time per token x{q['decode']:.2f}")
+
+
 def memory_modules(d):
     print("| memory | tokens | state bytes | all finite |")
     print("|---|---:|---:|---|")
@@ -156,6 +170,10 @@ SECTIONS = [  # (title, JSON under the results folder, table, how it was measure
     ("Memory vs context length", "oom.json", oom,
      "`symphony eval oom --lengths 4k,16k,64k` on the default preset (2,052 slots): each cell a fresh worker process "
      "(peak RSS = its VmHWM, weights included). `full` at 64k was projected past the time limit, not run."),
+    ("Speed", "speed/speed.json", speed,
+     "`python benchmarks/speed.py --lengths 8k,32k --repeats 3` on the idle 2-core machine (one process at a time; "
+     "it refuses to start under load): each run a fresh `symphony eval oom` worker, methods interleaved, the default "
+     "2,052-slot budget for sinks and symphony; `full` at 8k only (quadratic)."),
     ("Needle in a haystack", "needle.json", needle,
      "`symphony eval needle --lengths 2k,8k,32k --depths 10,50,90 --methods full,sinks,symphony`: a 7-digit number "
      "planted in Python's documentation, one needle per cell, the same for every method. `full` at 32k is four "
@@ -191,8 +209,8 @@ command on the same inputs: `full` (plain `DynamicCache`) and `sinks` (Streaming
 
 **Read with care.** These needle results use the built-in haystack and one needle template. On another haystack
 (literary text) and other templates, recall is weaker (1 of 3 at 32k with 3 distractors in a user's trial); the
-RULER-style suite that measures this is not built yet. Speed figures are not reported: the stored runs shared the
-2 cores with other jobs.
+RULER-style suite that measures this is not built yet. The only speed figures are those of the Speed section
+(an idle machine); the tokens/s stored in the other runs' JSON were taken while other jobs shared the cores.
 """
 
 TRAINED = """Trained memories (`benchmarks/training_results.sh`; smollm2-135m-cpu: Titans or FHRR on the last 2 layers +
