@@ -119,6 +119,17 @@ def atomic_savefig(fig, path: str | os.PathLike, **kwargs: Any) -> Path:
     return path
 
 
+def save_plot(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Lay out `fig`, write it atomically to `path` and close it (pyplot keeps every open figure alive)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        fig.tight_layout()
+        return atomic_savefig(fig, path, dpi=dpi)
+    finally:
+        plt.close(fig)
+
+
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)

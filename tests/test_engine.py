@@ -7,6 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from helpers import plant_and_recall
 from symphony.cli.main import main
 from symphony.config import load_config
 from symphony.runtime.chat import ChatSession, iter_text_file
@@ -89,13 +90,7 @@ def test_recall_ledger_is_fixed_size_and_keeps_best_spans():
 def test_engine_recall_reads_archived_needle(tiny_loaded):
     cfg = load_config("tiny", ["cache.ledger=16", "cache.window=32", "cache.segment_len=32"])
     eng = StreamingEngine(tiny_loaded.model, tiny_loaded.tokenizer, cfg.cache, cfg.salience)
-    stream = eng.new_stream()
-    rng = random.Random(1)
-    hay = eng.encode("".join(rng.choice("abcdefghij ") for _ in range(600)))
-    needle = eng.encode("QZXJVK")  # characters the haystack never uses
-    eng.ingest(stream, torch.cat([hay[:300], needle, hay[300:]]))
-    assert not torch.isin(needle, stream.cache.token_ids).all()  # the KV cache alone lost it
-    recalled = eng.recalled(stream, "what is ZXJ?")
+    needle, recalled = plant_and_recall(eng, eng.new_stream())
     assert needle.tolist() == [t for t in recalled if t in needle.tolist()]
 
 

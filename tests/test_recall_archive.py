@@ -15,7 +15,7 @@ from symphony.errors import SymphonyError
 from symphony.runtime.engine import StreamingEngine
 from symphony.runtime.recall import META, RecallLedger
 
-from helpers import invoke, one_line_error
+from helpers import invoke, one_line_error, plant_and_recall
 
 
 def archive(led: RecallLedger, n: int, seed: int = 0, step: int = 100) -> torch.Tensor:
@@ -164,12 +164,7 @@ def test_engine_recalls_from_a_disk_archive(tiny_loaded, tmp_path):
     eng = StreamingEngine(tiny_loaded.model, tiny_loaded.tokenizer, cfg.cache, cfg.salience)
     first, stream = eng.new_stream(), eng.new_stream()
     assert first.recall.path != stream.recall.path and first.recall.path.parent == tmp_path
-    rng = random.Random(1)
-    hay = eng.encode("".join(rng.choice("abcdefghij ") for _ in range(600)))
-    needle = eng.encode("QZXJVK")  # characters the haystack never uses
-    eng.ingest(stream, torch.cat([hay[:300], needle, hay[300:]]))
-    assert not torch.isin(needle, stream.cache.token_ids).all()  # the KV cache alone lost it
-    recalled = eng.recalled(stream, "what is ZXJ?")
+    needle, recalled = plant_and_recall(eng, stream)
     assert needle.tolist() == [t for t in recalled if t in needle.tolist()]
     stream.recall.flush()
     again = RecallLedger.open(stream.recall.path)

@@ -21,7 +21,7 @@ from symphony.evaluation.limits import default_memory_limit, parse_memory_limit,
 from symphony.evaluation.results import ResultStore
 from symphony.evaluation.shards import (ShardedResults, join_world, process_config, processes_on_device,
                                         quiet_unless_main)
-from symphony.io import atomic_savefig
+from symphony.io import save_plot
 from symphony.haystack import _KEYS, Needle, build_haystack, contains_answer, random_needle
 
 DEFAULT_LENGTHS = "1k,2k,4k,8k,16k,32k"
@@ -364,8 +364,4 @@ def plot_heatmap(rows: list[dict], method: str, path: str | Path, model_name: st
         title += f"\naccuracy {overall:.0%} over {len(ok_rows)} trials"
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="accuracy")
-    fig.tight_layout()
-    try:
-        return atomic_savefig(fig, path, dpi=120)
-    finally:
-        plt.close(fig)
+    return save_plot(fig, path, dpi=120)

@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from symphony.errors import SymphonyError
-from symphony.io import atomic_savefig
+from symphony.io import save_plot
 from symphony.report import fmt_bytes
 from symphony.runtime.policies import POLICIES
 
@@ -345,5 +345,4 @@ def plot_oom(rows: list[dict], path: str | Path, memory_limit: int | None = None
         ax_speed.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    return atomic_savefig(fig, path, dpi=110)
+    return save_plot(fig, path, dpi=110)

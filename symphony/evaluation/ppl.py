@@ -25,7 +25,7 @@ from symphony.evaluation.limits import projected_bytes
 from symphony.evaluation.needle import _settings_guard, memory_budget
 from symphony.evaluation.shards import (ShardedResults, join_world, process_config, processes_on_device,
                                         quiet_unless_main)
-from symphony.io import atomic_savefig
+from symphony.io import save_plot
 from symphony.models.compat import with_cache
 from symphony.runtime.policies import POLICIES
 
@@ -277,11 +277,7 @@ def plot_ppl(rows: list[dict], per_position: dict[str, list[float]], bucket: int
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        return atomic_savefig(fig, path, dpi=120)
-    finally:
-        plt.close(fig)
+    return save_plot(fig, path, dpi=120)
 
 
 def _color(method: str) -> str | None:

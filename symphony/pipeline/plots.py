@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from symphony.io import atomic_savefig
+from symphony.io import save_plot
 
 
 def plot_losses(metrics_path: Path, out: Path, title: str) -> Path | None:
@@ -26,8 +26,4 @@ def plot_losses(metrics_path: Path, out: Path, title: str) -> Path | None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        return atomic_savefig(fig, out, dpi=110)
-    finally:
-        plt.close(fig)
+    return save_plot(fig, out, dpi=110)
