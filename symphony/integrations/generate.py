@@ -18,7 +18,7 @@ import torch
 
 from symphony.config import CacheConfig, SymphonyConfig, validate
 from symphony.errors import SymphonyError
-from symphony.models.info import context_window, highest_position, kv_bytes_per_token
+from symphony.models.info import check_cache_in_context, context_window, highest_position, kv_bytes_per_token
 from symphony.runtime.engine import StreamingEngine
 
 # the keywords that choose the cache (generate and the pipeline take the same ones)
@@ -95,21 +95,13 @@ def cache_config_for(model, cache_config: CacheConfig | None = None, policy: str
             what = f"the {limit:,}-token context of this model less segment_len {cfg.segment_len}"
     if what is not None:
         cfg.sinks, cfg.ledger, cfg.window = _split_slots(cache_slots, sinks, ledger, window, what)
-    _check_in_context(cfg, model.config)
-    return cfg
-
-
-def _check_in_context(cfg: CacheConfig, config) -> None:
-    """`models.info.check_cache_in_context`'s rule, told in this API's keywords (not the CLI's --set)."""
     from symphony.runtime.policies import get_policy
 
-    limit = context_window(config)
-    top = highest_position(cfg)
-    if get_policy(cfg.policy).bounded and limit and top >= limit:
-        raise SymphonyError(
-            f"the cache budget reaches position {top:,} (sinks {cfg.sinks} + ledger {cfg.ledger} + window "
-            f"{cfg.window} + segment_len {cfg.segment_len}), past the model's {limit:,}-token context; give "
-            f"cache_slots={max(limit - cfg.segment_len, 0)} or less (or a smaller segment_len=)")
+    if get_policy(cfg.policy).bounded:
+        limit = context_window(model.config)
+        check_cache_in_context(cfg, model.config, advice=f"give cache_slots={max(limit - cfg.segment_len, 0)} or less"
+                                                         " (or a smaller segment_len=)")
+    return cfg
 
 
 def streaming_engine(model, tokenizer, **budget) -> StreamingEngine:

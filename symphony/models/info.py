@@ -70,22 +70,24 @@ def highest_position(cache_cfg, persistent: int = 0) -> int:
     return c.sinks + c.ledger + c.window + persistent + c.segment_len - 1
 
 
-def check_cache_in_context(cache_cfg, config, persistent: int = 0) -> None:
+def check_cache_in_context(cache_cfg, config, persistent: int = 0, advice: str | None = None) -> None:
     """Refuse a cache budget whose positions would run past the model's trained context (RoPE positions it never
-    saw make the output silently wrong)."""
+    saw make the output silently wrong). `advice` replaces the suggested `--set` fix (an API names its own keywords)."""
     from symphony.errors import SymphonyError
 
     limit = context_window(config)
     top = highest_position(cache_cfg, persistent)
     if limit and top >= limit:
         c, excess = cache_cfg, top - limit + 1
-        if c.window > excess:
-            fix = f"e.g. --set cache.window={c.window - excess}"
+        if advice is not None:
+            fix = advice
+        elif c.window > excess:
+            fix = f"lower it: e.g. --set cache.window={c.window - excess}"
         elif c.ledger >= excess:
-            fix = f"e.g. --set cache.ledger={c.ledger - excess}"
+            fix = f"lower it: e.g. --set cache.ledger={c.ledger - excess}"
         else:
-            fix = f"sinks + ledger + window + segment_len must stay at or below {limit:,}"
+            fix = f"lower it: sinks + ledger + window + segment_len must stay at or below {limit:,}"
         raise SymphonyError(
             f"the cache budget reaches position {top:,} (sinks {c.sinks} + ledger {c.ledger} + window {c.window}"
             + (f" + persistent {persistent}" if persistent else "") + f" + segment_len {c.segment_len}), past the"
-            f" model's {limit:,}-token context; lower it: {fix}")
+            f" model's {limit:,}-token context; {fix}")

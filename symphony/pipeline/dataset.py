@@ -19,7 +19,7 @@ from typing import Iterator
 
 from tqdm.auto import tqdm
 
-from symphony.config import ModelConfig, SymphonyConfig, parse_int_list, parse_list
+from symphony.config import ModelConfig, SymphonyConfig, parse_int_list, parse_list, validate
 from symphony.corpus import load_text
 from symphony.pipeline.tasks import MAX_MULTIKEY_DISTRACTORS, Sample, TaskBuilder, corpus_words
 from symphony.errors import SymphonyError
@@ -81,15 +81,10 @@ def generate(builder: TaskBuilder, split: str, n: int, seed: int, tasks: list[st
 
 
 def check_data_config(cfg: SymphonyConfig) -> tuple[list[str], list[int]]:
+    validate(cfg)  # the counts (samples, distractors) are config.validate's; only what depends on the tasks is here
     d = cfg.data
     tasks = parse_list(d.tasks, "data.tasks")
     lengths = parse_int_list(d.lengths, "data.lengths")
-    if d.train_samples < 1:
-        raise SymphonyError(f"config key 'data.train_samples' must be at least 1; got {d.train_samples}")
-    if d.dev_samples < 0:
-        raise SymphonyError(f"config key 'data.dev_samples' must be 0 or more; got {d.dev_samples}")
-    if d.distractors < 0:
-        raise SymphonyError(f"config key 'data.distractors' must be 0 or more; got {d.distractors}")
     if "multikey" in tasks and d.distractors > MAX_MULTIKEY_DISTRACTORS:
         raise SymphonyError(f"config key 'data.distractors' must be at most {MAX_MULTIKEY_DISTRACTORS} with the"
                             f" multikey task; got {d.distractors}")
