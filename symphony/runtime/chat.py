@@ -57,9 +57,11 @@ def ask(engine: StreamingEngine, stream: Stream, text: str, after: str) -> None:
 
 
 def answer(engine: StreamingEngine, question: str, document: str | list[int] | torch.Tensor | None = None,
-           stream: Stream | None = None, max_new_tokens: int = 64, desc: str = "document", **sampling) -> str:
+           stream: Stream | None = None, max_new_tokens: int = 64, desc: str = "document", reply_prefix: str = "",
+           **sampling) -> str:
     """Stream `document` (text or token ids) then `question` as one user message through the chat
-    template, and reply."""
+    template, and reply. `reply_prefix` starts the reply (RULER's answer prefix, "The special magic number
+    for X is"); the text returned is what the model wrote after it."""
     stream = stream or engine.new_stream()
     before, after = chat_format(engine).first_user
     engine.ingest(stream, engine.encode(before))
@@ -67,6 +69,8 @@ def answer(engine: StreamingEngine, question: str, document: str | list[int] | t
         engine.ingest(stream, engine.encode(document) if isinstance(document, str) else document, desc=desc)
         question = "\n\n" + question
     ask(engine, stream, question, after)
+    if reply_prefix:
+        engine.ingest(stream, engine.encode(reply_prefix))
     return engine.tokenizer.decode(engine.decode(stream, max_new_tokens, **sampling), skip_special_tokens=True)
 
 

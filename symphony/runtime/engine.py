@@ -357,8 +357,9 @@ class StreamingEngine:
         return chat.ask(self, stream, text, after)
 
     def answer(self, question: str, document: str | list[int] | torch.Tensor | None = None,
-               stream: Stream | None = None, max_new_tokens: int = 64, desc: str = "document", **sampling) -> str:
-        return chat.answer(self, question, document, stream, max_new_tokens, desc, **sampling)
+               stream: Stream | None = None, max_new_tokens: int = 64, desc: str = "document", reply_prefix: str = "",
+               **sampling) -> str:
+        return chat.answer(self, question, document, stream, max_new_tokens, desc, reply_prefix, **sampling)
 
 
 def sample(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0,
