@@ -74,6 +74,52 @@ def needle(cfg, methods, out, resume, memory_limit, lengths, depths, trials, see
                distractors=distractors, max_new_tokens=max_new_tokens)
 
 
+@click.command("ruler")
+@config_options
+@eval_options(default_out="results/ruler")
+@click.option("--tasks", "-t", default="all", show_default=True,
+              help="Comma-separated tasks: niah_single_1..3, niah_multikey_1..3, niah_multivalue, niah_multiquery, vt,"
+                   " paraphrase, paraphrase_distractors (or all).")
+@click.option("--lengths", "-l", default="4k,16k", show_default=True,
+              help="Context lengths in tokens (haystack + planted sentences; instructions and question come on top),"
+                   " e.g. 4k,16k or 4096.")
+@click.option("--samples", "-n", type=int, default=3, show_default=True,
+              help="Samples per (task, length), each drawn afresh; every method answers the same ones.")
+@click.option("--haystack", default="builtin", show_default=True, metavar="builtin|manpages|FILE|DATASET",
+              help="Essay haystack: the built-in corpus (Python's documentation), this machine's man pages"
+                   " (rendered once, cached), a text file, or a `datasets` name.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the samples: the same (task, length, sample) is the same input for every method and run.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
+              help="Longest answer, in tokens (greedy). Default: per task, 16 to 64.")
+def ruler(cfg, methods, out, resume, memory_limit, tasks, lengths, samples, haystack, seed, max_new_tokens):
+    """RULER-style recall suite (Hsieh et al. 2024): synthetic retrieval tasks over context length.
+
+    \b
+    Tasks (RULER's names): niah_single_1 (noise haystack, word key, 7-digit number), niah_single_2 (essay
+    haystack, number), niah_single_3 (essay, uuid), niah_multikey_1 (essay, 3 look-alike needles with other
+    keys), niah_multikey_2 / _3 (the whole context is needles; word / uuid keys), niah_multivalue (4 values
+    under one key), niah_multiquery (4 keys in one question), vt (variable tracking: a 4-hop chain
+    "VAR ABCDE = 12345", "VAR FGHIJ = VAR ABCDE", ...), paraphrase (NoLiMa-style: the question shares no
+    word with the fact but its name) and paraphrase_distractors (+3 look-alike facts).
+    Every reply starts with RULER's answer prefix. Scored as RULER: per sample the share of the reference
+    answers found in the reply (case-insensitive), averaged over samples, in percent.
+    Writes OUT/ruler.json (every sample, saved as it finishes; --resume skips finished ones), OUT/ruler.png
+    (one task x length heatmap per method) and prints the score table.
+    Example:  symphony eval ruler --tasks niah_single_2,vt --lengths 4k,16k --samples 3 --methods full,symphony
+    """
+    from symphony.errors import SymphonyError
+    from symphony.evaluation.methods import parse_lengths
+    from symphony.evaluation.ruler import run_ruler
+    from symphony.evaluation.ruler_tasks import parse_tasks
+
+    if samples < 1:
+        raise SymphonyError(f"--samples must be at least 1, got {samples}")
+    run_ruler(cfg, methods, out, resume=resume, memory_limit=memory_limit, tasks=parse_tasks(tasks),
+              lengths=parse_lengths(lengths), samples=samples, seed=seed, haystack=haystack,
+              max_new_tokens=max_new_tokens)
+
+
 @click.command("ppl")
 @config_options
 @eval_options(default_out="results/ppl")
@@ -155,4 +201,4 @@ def integrity(cfg, methods, out, resume, memory_limit, prefix_tokens, max_new_to
     click.echo(f"-> {out / 'integrity.json'}")
 
 
-SUITES = {"oom": oom, "needle": needle, "ppl": ppl, "integrity": integrity}
+SUITES = {"oom": oom, "needle": needle, "ruler": ruler, "ppl": ppl, "integrity": integrity}

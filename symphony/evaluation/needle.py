@@ -134,6 +134,49 @@ def memory_budget(text: str | None, device: torch.device, sharing: int = 1) -> t
     return limit, base
 
 
+def run_settings(cfg, seed: int, haystack: str | None, corpus: str, max_new_tokens: Any, **suite: Any) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues (see _settings_guard); `suite`: the suite's own."""
+    return {
+        "model": cfg.model.name, "dtype": cfg.model.dtype, "seed": seed, **suite,
+        "haystack": haystack or "builtin", "haystack_chars": len(corpus),
+        "max_new_tokens": max_new_tokens, "salience": dict(vars(cfg.salience)),
+        **({"checkpoint": cfg.memory.checkpoint} if cfg.memory.checkpoint else {}),  # trained adapters used
+        **({} if cfg.memory.copy_head else {"copy_head": False}),  # ablation: trained copy head not mixed in
+        # the method is per row, so the configured default policy does not matter
+        "cache": {k: v for k, v in vars(cfg.cache).items() if k != "policy"},
+    }
+
+
+def load_engines(cfg, methods: list[str], memory_limit: str | None, world) -> tuple[Any, dict[str, Any], int, int]:
+    """(the configured engine, {method: engine over the same model}, memory limit, bytes held now)."""
+    from symphony.runtime.engine import StreamingEngine, engine_from_config
+
+    base_engine = engine_from_config(cfg, progress=False)
+    model, tok = base_engine.model, base_engine.tokenizer
+    engines = {m: StreamingEngine(model, tok, cfg.cache, cfg.salience, policy=m) for m in methods}
+    limit, base = memory_budget(memory_limit, base_engine.device, processes_on_device(base_engine.device, world))
+    return base_engine, engines, limit, base
+
+
+def measure(row: dict[str, Any], proj: int, limit: int, device: torch.device, run: Callable[[], Any]) -> Any:
+    """run() unless its projected memory `proj` is over `limit`; the row gets status (ok, over_limit, oom) and
+    seconds. run()'s result, or None when it was not run or ran out of memory."""
+    if proj > limit:
+        row.update(status="over_limit", projected_bytes=proj)
+        return None
+    t0 = time.perf_counter()
+    try:
+        result = run()
+    except torch.cuda.OutOfMemoryError:
+        row.update(status="oom", projected_bytes=proj)
+        return None
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    row.update(seconds=round(time.perf_counter() - t0, 3), status="ok")
+    return result
+
+
 def run_trial(engine, ids: list[int], question: str, max_new_tokens: int) -> str:
     """Haystack then question as one user message through the chat template (as `symphony demo`);
     the greedy answer, decoded."""
@@ -187,7 +230,6 @@ def run_needle(cfg, methods: list[str], out: Path, resume: bool = False, memory_
     Under accelerate launch / torchrun the cells are split across the processes (`shards`); rank 0 merges,
     draws and prints, and returns the results, the other ranks return None."""
     from symphony.corpus import builtin_text, load_text
-    from symphony.runtime.engine import StreamingEngine, engine_from_config
     from symphony.models.info import context_window, kv_bytes_per_token
 
     lengths = lengths or [1024 << i for i in range(6)]
@@ -209,24 +251,13 @@ def run_needle(cfg, methods: list[str], out: Path, resume: bool = False, memory_
                            deal=deal_order(grid, methods), checked=("settings",), derive=summarize, world=world)
 
     corpus = load_text(haystack) if haystack else builtin_text()
-    settings = {
-        "model": cfg.model.name, "dtype": cfg.model.dtype, "seed": seed, "needle": needle_kind,
-        "distractors": distractors, "haystack": haystack or "builtin", "haystack_chars": len(corpus),
-        "max_new_tokens": max_new_tokens, "salience": dict(vars(cfg.salience)),
-        **({"checkpoint": cfg.memory.checkpoint} if cfg.memory.checkpoint else {}),  # trained adapters used
-        **({} if cfg.memory.copy_head else {"copy_head": False}),  # ablation: trained copy head not mixed in
-        # the method is per row, so the configured default policy does not matter
-        "cache": {k: v for k, v in vars(cfg.cache).items() if k != "policy"},
-    }
+    settings = run_settings(cfg, seed, haystack, corpus, max_new_tokens, needle=needle_kind, distractors=distractors)
     _settings_guard(store, settings)
 
-    base_engine = engine_from_config(cfg, progress=False)
-    model, tok = base_engine.model, base_engine.tokenizer
-    engines = {m: StreamingEngine(model, tok, cfg.cache, cfg.salience, policy=m) for m in methods}
-    device = base_engine.device
+    base_engine, engines, limit, base = load_engines(cfg, methods, memory_limit, world)
+    model, tok, device = base_engine.model, base_engine.tokenizer, base_engine.device
     window = context_window(model.config)
     kv_per_token = kv_bytes_per_token(model.config, model.dtype.itemsize)
-    limit, base = memory_budget(memory_limit, device, processes_on_device(device, world))
     store.meta.update({
         "suite": "needle", "settings": settings, "model_window": window, "kv_bytes_per_token": kv_per_token,
         "memory_limit_bytes": limit, "device": str(device),
@@ -254,20 +285,9 @@ def run_needle(cfg, methods: list[str], out: Path, resume: bool = False, memory_
             row: dict[str, Any] = {"method": m, "context_len": n, "depth": d, "trial": t, "expected": target.value,
                                    "generated": None, "correct": None, "seconds": None}
             bar.set_postfix_str(f"{m} {fmt_len(n)} @{d}%")
-            if proj > limit:
-                row.update(status="over_limit", projected_bytes=proj)
-            else:
-                t0 = time.perf_counter()
-                try:
-                    generated = run_trial(eng, ids, target.question, max_new_tokens)
-                except torch.cuda.OutOfMemoryError:
-                    row.update(status="oom", projected_bytes=proj)
-                else:
-                    row.update(generated=generated, correct=contains_answer(generated, target.value),
-                               seconds=round(time.perf_counter() - t0, 3), status="ok")
-                finally:
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
+            generated = measure(row, proj, limit, device, lambda: run_trial(eng, ids, target.question, max_new_tokens))
+            if generated is not None:
+                row.update(generated=generated, correct=contains_answer(generated, target.value))
             row["beyond_window"] = bool(window and n > window)
             store.add(row)
             bar.update(1)
@@ -307,6 +327,32 @@ def accuracy_table(rows: list[dict], summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def draw_grid(ax, acc, skipped, xlabels: list[str], ylabels: list[str]):
+    """A heatmap of scores in 0..1 (nan: empty) coloured red -> yellow -> green, each cell annotated; `skipped`
+    cells (over the memory limit) grey and hatched. The image, for a colour bar."""
+    import numpy as np
+    from matplotlib.colors import LinearSegmentedColormap
+    from matplotlib.patches import Rectangle
+
+    cmap = LinearSegmentedColormap.from_list("needle", ["#F0496E", "#EBB839", "#0CD79F"]).with_extremes(bad="white")
+    im = ax.imshow(np.ma.masked_invalid(acc), cmap=cmap, vmin=0, vmax=1, aspect="auto")
+    for i in range(len(ylabels)):
+        for j in range(len(xlabels)):
+            if skipped[i, j]:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#d0d0d0", edgecolor="#808080",
+                                       hatch="///", linewidth=0.5))
+                ax.text(j, i, "over\nlimit", ha="center", va="center", fontsize=7, color="#404040")
+            elif not np.isnan(acc[i, j]):
+                ax.text(j, i, f"{acc[i, j]:.0%}", ha="center", va="center", fontsize=8, color="black")
+    ax.set_xticks(range(len(xlabels)), xlabels)
+    ax.set_yticks(range(len(ylabels)), ylabels)
+    ax.set_xticks(np.arange(-0.5, len(xlabels)), minor=True)
+    ax.set_yticks(np.arange(-0.5, len(ylabels)), minor=True)
+    ax.grid(which="minor", color="white", linewidth=1.5)
+    ax.tick_params(which="minor", length=0)
+    return im
+
+
 def plot_heatmap(rows: list[dict], method: str, path: str | Path, model_name: str = "",
                  window: int | None = None) -> Path:
     """Depth (y) x context length (x), accuracy coloured red -> yellow -> green, each cell annotated;
@@ -316,8 +362,6 @@ def plot_heatmap(rows: list[dict], method: str, path: str | Path, model_name: st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    from matplotlib.colors import LinearSegmentedColormap
-    from matplotlib.patches import Rectangle
 
     mine = [r for r in rows if r["method"] == method]
     lengths = sorted({r["context_len"] for r in mine})
@@ -333,23 +377,8 @@ def plot_heatmap(rows: list[dict], method: str, path: str | Path, model_name: st
             elif here:
                 skipped[i, j] = True
 
-    cmap = LinearSegmentedColormap.from_list("needle", ["#F0496E", "#EBB839", "#0CD79F"]).with_extremes(bad="white")
     fig, ax = plt.subplots(figsize=(max(5.5, 1.0 * len(lengths) + 2.5), max(3.5, 0.42 * len(depths) + 1.8)))
-    im = ax.imshow(np.ma.masked_invalid(acc), cmap=cmap, vmin=0, vmax=1, aspect="auto")
-    for i in range(len(depths)):
-        for j in range(len(lengths)):
-            if skipped[i, j]:
-                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#d0d0d0", edgecolor="#808080",
-                                       hatch="///", linewidth=0.5))
-                ax.text(j, i, "over\nlimit", ha="center", va="center", fontsize=7, color="#404040")
-            elif not np.isnan(acc[i, j]):
-                ax.text(j, i, f"{acc[i, j]:.0%}", ha="center", va="center", fontsize=8, color="black")
-    ax.set_xticks(range(len(lengths)), [fmt_len(n) for n in lengths])
-    ax.set_yticks(range(len(depths)), [f"{d:g}%" for d in depths])
-    ax.set_xticks(np.arange(-0.5, len(lengths)), minor=True)
-    ax.set_yticks(np.arange(-0.5, len(depths)), minor=True)
-    ax.grid(which="minor", color="white", linewidth=1.5)
-    ax.tick_params(which="minor", length=0)
+    im = draw_grid(ax, acc, skipped, [fmt_len(n) for n in lengths], [f"{d:g}%" for d in depths])
     xlabel = "context length (tokens)"
     if window and lengths[0] <= window < lengths[-1]:
         x = max(j for j, n in enumerate(lengths) if n <= window) + 0.5
