@@ -70,6 +70,8 @@ class CacheConfig:
     # a span is recalled only if the query terms it adds weigh at least this share of the first pick's
     # (so spans that merely repeat the question's template, e.g. distractor facts, stay out); 0 = any gain
     recall_min_gain: float = 0.3
+    # searches that follow a name the re-read text shares with other facts (`VAR B = VAR A`); 0 = one search
+    recall_hops: int = 4
 
     def recall_spans(self) -> int:
         """Spans the in-RAM recall archive has room for (0: recall off): when `recall_tokens` is set (>= 0), that many
@@ -430,6 +432,8 @@ def validate(cfg: SymphonyConfig) -> None:
     if not math.isfinite(m.gate_init):
         raise SymphonyError(f"config key 'memory.gate_init' must be a finite number; got {m.gate_init}")
     _validate_recall(c)
+    if c.recall_hops < 0:
+        raise SymphonyError(f"config key 'cache.recall_hops' must be 0 (no hops) or more; got {c.recall_hops}")
     if not 0 <= c.recall_min_gain <= 1:
         raise SymphonyError(f"config key 'cache.recall_min_gain' must be between 0 and 1; got {c.recall_min_gain}")
     parse_layer_spec(m.layers)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import torch
 from click.testing import CliRunner
@@ -78,3 +79,31 @@ def plant_and_recall(eng: StreamingEngine, stream):
     eng.ingest(stream, torch.cat([hay[:300], needle, hay[300:]]))
     assert not torch.isin(needle, stream.cache.token_ids).all()  # the KV cache alone lost it
     return needle, eng.recalled(stream, "what is ZXJ?")
+
+
+# -- a toy vocabulary for recall tests: hay tokens 100..199 start with a space, DOT ends a sentence -----------
+DOT = 16
+TEMPLATE = [11, 12, 13, 14]  # "The secret number for the"
+
+
+def toy_kinds(vocab: int = 300):
+    """Token kinds of the toy vocabulary: DOT ends a sentence; hay (100..) and names (60..99) are words."""
+    from symphony.runtime.facts import TokenKinds
+
+    punct = torch.zeros(vocab, dtype=torch.bool)
+    punct[DOT] = True
+    space = torch.zeros(vocab, dtype=torch.bool)
+    space[50:] = True  # names, words and hay start with a space
+    space[11] = True
+    word = torch.zeros(vocab, dtype=torch.bool)
+    word[60:] = True
+    return TokenKinds(torch.zeros(vocab, dtype=torch.bool), punct, space, word)
+
+
+KINDS = toy_kinds()
+
+
+def hay(n: int, seed: int = 0) -> torch.Tensor:
+    """n random hay tokens (100..199), a sentence end every 10 or so."""
+    rng = random.Random(seed)
+    return torch.tensor([DOT if rng.random() < 0.1 else rng.randrange(100, 200) for _ in range(n)])

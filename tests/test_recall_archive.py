@@ -76,7 +76,8 @@ def test_search_judges_a_bounded_set_of_spans():
     led.add(torch.arange(40_000), ids, torch.zeros(40_000))
     question = [100, 101, 8, 9, 102]
     every = led.search(question, 64, max_candidates=10**9)
-    assert [7, 8, 9, 10] == every[0][12:16]  # the span with a neighbour on each side
+    run = every[0]
+    assert any(run[k:k + 4] == [7, 8, 9, 10] for k in range(len(run)))
     assert led.search(question, 64, max_candidates=4) == every
 
 

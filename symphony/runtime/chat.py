@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from symphony.runtime.chat_format import ChatFormat
+from symphony.runtime.facts import TokenKinds
 from symphony.runtime.stream import Stream, peak_memory_bytes
 
 if TYPE_CHECKING:
@@ -28,6 +29,14 @@ def chat_format(engine: StreamingEngine) -> ChatFormat:
     return fmt
 
 
+def token_kinds(engine: StreamingEngine) -> TokenKinds:
+    """Which of the engine's tokens end sentences or lines, or are words (recall reads them), once per engine."""
+    kinds = getattr(engine, "_token_kinds", None)
+    if kinds is None:
+        kinds = engine._token_kinds = TokenKinds.from_tokenizer(engine.tokenizer)
+    return kinds
+
+
 def recalled(engine: StreamingEngine, stream: Stream, query: str) -> list[int]:
     """Token ids of evicted spans relevant to `query`, ready to re-read (empty without a recall ledger)."""
     if stream.recall is None or len(stream.recall) == 0:
@@ -40,7 +49,8 @@ def recalled(engine: StreamingEngine, stream: Stream, query: str) -> list[int]:
         document &= (pos < a) | (pos >= b)
     c = engine.cache_cfg
     runs = stream.recall.search(engine.encode(query).tolist(), c.recall_budget, min_gain=c.recall_min_gain,
-                                live=(pos[document], ids[document]))
+                                live=(pos[document], ids[document]), kinds=token_kinds(engine),
+                                hops=c.recall_hops)
     sep = engine.encode("\n").tolist()
     return [t for run in runs for t in run + sep]
 

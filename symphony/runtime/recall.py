@@ -30,6 +30,7 @@ import torch
 from symphony.config import RECALL_ID_BYTES, RECALL_SPAN_BYTES, CacheConfig, recall_span_nbytes
 from symphony.errors import SymphonyError
 from symphony.io import atomic_write_json
+from symphony.runtime.facts import MAX_UNIT, Query, TokenKinds, Unit, hop_query, hop_units, pick, units
 
 # dtype and file of each per-span column; their itemsizes are config.RECALL_ID_BYTES and RECALL_SPAN_BYTES
 COLUMNS = (("ids", torch.int32, np.int32, "ids.i32", -1), ("start", torch.int64, np.int64, "start.i64", -1),
@@ -38,7 +39,8 @@ assert COLUMNS[0][1].itemsize == RECALL_ID_BYTES and sum(c[1].itemsize for c in 
 META, FORMAT = "recall.json", "symphony-recall/1"
 CHUNK_SPANS = 4096  # rows a search (or a reopen's recount) reads at a time
 GROW_SPANS = 4096  # rows a disk archive grows by at least (then by an eighth of its size): few remaps, little slack
-MAX_CANDIDATES = 4096  # spans, by the query weight they hold, that a search judges (with their neighbours)
+MAX_CANDIDATES = 512  # spans, by the query weight they hold, that a search cuts into units (with their neighbours)
+HOP_MAX_DF = 4  # a name followed by a hop recurs in at most this many other units
 
 
 def new_archive_path(parent: str | os.PathLike) -> Path:
@@ -288,112 +290,104 @@ class RecallLedger:
                     torch.empty(0, dtype=torch.int64))
         return torch.stack(ids), torch.tensor(found), torch.tensor(order)
 
-    def _candidates(self, q: torch.Tensor, pairs: list[tuple[int, int]], weight: torch.Tensor, context: int,
-                    extra: dict[int, torch.Tensor], limit: int) -> tuple[torch.Tensor, list[int]]:
-        """Token ids and starts, in `_chunks` order, of the `limit` spans holding the most query weight and of
-        their neighbours up to `context` spans away. While no more than `limit` spans hold any, these are all
-        the spans a pick can gain from."""
-        span = self.span_len
-        best = (torch.empty(0), torch.empty(0, span, dtype=torch.int32), torch.empty(0, dtype=torch.int64),
-                torch.empty(0, dtype=torch.int64))
-        for ids, starts, order in self._chunks(extra):
-            held = (_presence(ids, q, pairs).float() * weight).sum(1)
-            some = held > 0
-            score, *rest = (torch.cat([a, b[some]]) for a, b in zip(best, (held, ids, starts, order)))
-            top = torch.sort(score, descending=True, stable=True).indices[:limit]  # ties: the earlier span
-            best = (score[top], *(t[top] for t in rest))
-        _, ids, starts, order = best
-        have = set(starts.tolist())
-        near = sorted({s + k * span for s in have for k in range(-context, context + 1) if k} - have)
-        n_ids, n_starts, n_order = self._fetch(near, extra)
-        ids, starts, order = torch.cat([ids, n_ids]), torch.cat([starts, n_starts]), torch.cat([order, n_order])
-        by_order = torch.argsort(order)
-        return ids[by_order], starts[by_order].tolist()
-
-    def search(self, query_ids: list[int] | torch.Tensor, budget_tokens: int, context: int = 1,
-               min_gain: float = 0.3, live: tuple[torch.Tensor, torch.Tensor] | None = None,
-               max_candidates: int = MAX_CANDIDATES) -> list[list[int]]:
-        """Spans that cover the query's rarest tokens, with `context` neighbouring spans on each side,
-        merged and returned in stream order as token-id runs.
-
-        Query terms are its tokens (IDF-weighted) and consecutive token pairs (half the pair's IDF).
-        Spans are picked greedily (each with its neighbours, which count half) by the weight of the query
-        terms they add that the picks so far do not hold, and picking stops once a span would add less
-        than `min_gain` of the first pick. So a question about the lantern recalls the lantern's
-        sentence, not also the sentences that only share its template ("The secret number for the ..."):
-        those add nothing new, and a small model reading them next to the question may answer from the
-        wrong one.
-
-        `live` (positions, token ids of the cache's slots) adds the window's spans not archived yet as
-        candidates: when the fact is still in the window, its span wins the first pick and the
-        look-alikes in the archive add nothing; without it, the best archived look-alike (a distractor)
-        would be re-read right in front of the question and answered from.
-
-        The archive is read twice, a chunk of rows at a time: once for each query token's document frequency,
-        once for the `max_candidates` spans holding the most query weight; those and their neighbours are then
-        picked from. Only past that many spans sharing a query term can the picks differ from judging every span."""
-        if len(self) == 0 or budget_tokens <= 0:
-            return []
-        qa = torch.as_tensor(query_ids, dtype=torch.int32).reshape(-1)
-        q = torch.unique(qa)
-        pairs = list(dict.fromkeys(zip(qa[:-1].tolist(), qa[1:].tolist())))
-        extra = self._live_rows(live)
-        n_spans, df = 0, torch.zeros(len(q))
+    def _idf(self, query: Query, extra: dict[int, torch.Tensor]) -> None:
+        """Set the query's weights from its tokens' document frequency over every candidate span."""
+        n_spans, df = 0, torch.zeros(len(query.tokens))
         for ids, _, _ in self._chunks(extra):
             n_spans += len(ids)
-            df += _presence(ids, q, []).sum(0)
-        weight = torch.log((n_spans + 1) / (df + 1)) * (df > 0)
-        idf = dict(zip(q.tolist(), weight.tolist()))
-        weight = torch.cat([weight, torch.tensor([0.5 * (idf[x] + idf[y]) for x, y in pairs])])
-        ids, starts = self._candidates(q, pairs, weight, context, extra, max_candidates)
-        present = _presence(ids, q, pairs)
-        # a span is judged with its neighbours (what a pick re-reads), theirs at half weight: a fact cut by
-        # a span boundary ("... for the" | "vault is 7690137.") still counts whole, and the pick is centred
-        # on the span that holds the match, not on a neighbour whose other side adds a common word
-        row_of_start = {int(s): i for i, s in enumerate(starts)}
-        window = [[row_of_start[s + k * self.span_len] for k in range(-context, context + 1)
-                   if s + k * self.span_len in row_of_start] for s in starts]
-        width = 2 * context + 1
-        near = torch.tensor([w + [-1] * (width - len(w)) for w in window], dtype=torch.long).reshape(-1, width)
-        reach = (present[near.clamp(min=0)] & (near >= 0)[:, :, None]).any(1)
-        covered = torch.zeros(present.shape[1], dtype=torch.bool)
-        open_ = torch.ones(len(starts), dtype=torch.bool)
-        chosen: set[int] = set()
-        first_gain = None
-        while len(chosen) * self.span_len < budget_tokens and bool(open_.any()):
-            new = weight * ~covered
-            gain = (present.float() * new).sum(1) + 0.5 * ((reach & ~present).float() * new).sum(1)
-            gain = gain.masked_fill(~open_, -1.0)
-            i = int(torch.argmax(gain))
-            g = float(gain[i])
-            if g <= 0 or (first_gain is not None and g < min_gain * first_gain):
+            df += query.presence(ids, with_pairs=False).sum(0)
+        query.set_idf(df, n_spans)
+
+    def _candidates(self, query: Query, extra: dict[int, torch.Tensor], limit: int) -> list[int]:
+        """Starts of the `limit` spans holding the most query weight (ties: the earlier span)."""
+        best_score, best_start = torch.empty(0), torch.empty(0, dtype=torch.int64)
+        for ids, starts, order in self._chunks(extra):
+            held = (query.presence(ids).float() * query.weight).sum(1)
+            some = held > 0
+            score, start = torch.cat([best_score, held[some]]), torch.cat([best_start, starts[some]])
+            top = torch.sort(score, descending=True, stable=True).indices[:limit]
+            best_score, best_start = score[top], start[top]
+        return best_start.tolist()
+
+    def _runs(self, starts: list[int], extra: dict[int, torch.Tensor], reach: int) -> list[tuple[int, torch.Tensor]]:
+        """(stream start, token ids) of the runs of consecutive text around `starts`: each span with the spans up
+        to `reach` away on either side that are held (archived or live), cut where a token is unknown."""
+        span = self.span_len
+        near = sorted({s + k * span for s in starts for k in range(-reach, reach + 1)})
+        ids, found, _ = self._fetch([s for s in near if s >= 0], extra)
+        runs: list[tuple[int, torch.Tensor]] = []
+        run_start, pieces, prev = None, [], None
+        for s, row in zip(found.tolist(), ids):
+            if prev is None or s != prev + span:
+                if pieces:
+                    runs.append((run_start, torch.cat(pieces)))
+                run_start, pieces = s, []
+            pieces.append(row)
+            prev = s
+        if pieces:
+            runs.append((run_start, torch.cat(pieces)))
+        out = []
+        for start, row in runs:  # unknown tokens (a span's unfilled slots) cut a run
+            known = (row >= 0).tolist() + [False]
+            a = None
+            for k, ok in enumerate(known):
+                if ok and a is None:
+                    a = k
+                elif not ok and a is not None:
+                    out.append((start + a, row[a:k]))
+                    a = None
+        return out
+
+    def _units(self, query: Query, extra: dict[int, torch.Tensor], kinds: TokenKinds | None, limit: int,
+               max_unit: int) -> list[Unit]:
+        starts = self._candidates(query, extra, limit)
+        return units(self._runs(starts, extra, -(-max_unit // self.span_len)), query, kinds, max_unit)
+
+    def search(self, query_ids: list[int] | torch.Tensor, budget_tokens: int, min_gain: float = 0.3,
+               live: tuple[torch.Tensor, torch.Tensor] | None = None, max_candidates: int = MAX_CANDIDATES,
+               kinds: TokenKinds | None = None, hops: int = 0, max_df: int = HOP_MAX_DF,
+               max_unit: int = MAX_UNIT) -> list[list[int]]:
+        """Whole facts to re-read for a question (`facts` says how they are cut and picked), as token-id runs in
+        stream order, at most `budget_tokens` in all.
+
+        `kinds` (from the tokenizer) cuts text at sentence and line ends and tells names for hops; without it the
+        units are pieces of `max_unit` tokens and there are no hops. `live` (positions, token ids of the cache's slots) adds the window's text not archived
+        yet: when the fact is still in the window, that is what gets re-read, not an archived look-alike (read
+        right before the question, a small model would answer from it). `hops` bounds the searches that follow
+        names the re-read text shares with other facts (`facts.hop_units`).
+
+        The archive is read a chunk of rows at a time: once for each query token's document frequency, once for
+        the `max_candidates` spans holding the most query weight; those, with their neighbours, are cut into
+        units. Only past that many spans sharing a query term can the picks differ from judging every span."""
+        if len(self) == 0 or budget_tokens <= 0:
+            return []
+        max_unit = max(1, min(max_unit, budget_tokens))
+        query = Query(query_ids)
+        extra = self._live_rows(live)
+        self._idf(query, extra)
+        found = self._units(query, extra, kinds, max_candidates, max_unit)
+        picks = pick(found, query.weight, budget_tokens, min_gain)
+        frontier = picks
+        for _ in range(hops if kinds is not None else 0):
+            hop = hop_query(frontier, query, kinds)
+            if hop is None:
                 break
-            first_gain = first_gain if first_gain is not None else g
-            covered |= reach[i]
-            open_[i] = False
-            for j in sorted(window[i], key=lambda j: abs(starts[j] - starts[i])):  # the span first, then neighbours
-                if len(chosen) * self.span_len >= budget_tokens:
-                    break
-                chosen.add(int(starts[j]))
+            self._idf(hop, extra)
+            follow = hop_units(self._units(hop, extra, kinds, max_candidates, max_unit), picks, hop, query,
+                               max_df, min_gain)
+            frontier = pick(follow, hop.weight, budget_tokens, min_gain, taken=picks)
+            if not frontier:
+                break
+            picks = picks + frontier
         runs: list[list[int]] = []
         prev_end = None
-        for s in sorted(chosen):
-            row_ids = [t for t in ids[row_of_start[s]].tolist() if t >= 0]
-            if prev_end == s and runs:
-                runs[-1].extend(row_ids)
+        for u in sorted(picks, key=lambda u: u.start):
+            if prev_end == u.start and runs:
+                runs[-1].extend(u.ids)
             else:
-                runs.append(row_ids)
-            prev_end = s + self.span_len
+                runs.append(list(u.ids))
+            prev_end = u.start + len(u.ids)
         return runs
-
-
-def _presence(ids: torch.Tensor, q: torch.Tensor, pairs: list[tuple[int, int]]) -> torch.Tensor:
-    """[spans, query tokens + pairs]: whether each span holds each query token, and each pair consecutively."""
-    present = (ids[:, :, None] == q[None, None, :]).any(dim=1)
-    if not pairs:
-        return present
-    a, b = ids[:, :-1], ids[:, 1:]
-    return torch.cat([present, torch.stack([((a == x) & (b == y)).any(1) for x, y in pairs], dim=1)], dim=1)
 
 
 def _merge(archived: torch.Tensor | None, live: torch.Tensor | None) -> torch.Tensor:

@@ -1,0 +1,195 @@
+"""Which archived text a question gets back: whole facts, chosen by the question's terms.
+
+The archive (`recall.RecallLedger`) stores token ids in fixed spans, but a fact does not respect that grid. So
+the candidate spans are joined with their neighbours into runs of consecutive text and cut at sentence and
+line ends into *units*; a unit is what gets judged and re-read, so a value is never cut at a span edge and a
+fact split across spans scores as the whole sentence it is.
+
+Picking (`pick`), in units of query weight (IDF of the question's tokens and token pairs):
+- the best unit first;
+- then any unit that adds query terms no pick holds yet, weighing at least `min_gain` of the first pick's
+  heaviest term (another key of a multi-query question), and that weighs at least `min_gain` of the first pick
+  in all: a look-alike that only repeats the template adds nothing and stays out;
+- and every *sibling* of a pick: a unit holding all of that pick's query terms (the other values filed under
+  the same key). Look-alikes of another key lack the key, so they are no siblings.
+Since a unit holds its sentence whole, the asked fact holds every term a look-alike holds plus the key: it
+wins however rare the template's words are in the haystack.
+
+Hops (`hop_pairs`): re-read text may name something the question does not (`VAR B = VAR A`). The token pairs
+of a pick that occur in a few other places of the archive, and nowhere in the question, become the next
+search's terms, up to `hops` times.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+MAX_UNIT = 64  # tokens: a longer sentence is judged and re-read in pieces of this size
+SENTENCE_PUNCT = (".", "!", "?")
+
+
+@dataclass(frozen=True)
+class TokenKinds:
+    """What recall needs to know of one tokenizer's vocabulary (bool [V] each). Text is cut into units after
+    a token that holds a line break, or after one that ends in . ! ? when whitespace follows (so `3.14` and
+    `example.com` stay whole); hops follow names, pairs of `word` tokens (letters, maybe after a space)."""
+
+    newline: torch.Tensor
+    punct: torch.Tensor
+    space_start: torch.Tensor
+    word: torch.Tensor
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> TokenKinds:
+        n = max(len(tokenizer), int(getattr(tokenizer, "vocab_size", 0) or 0))
+        texts = tokenizer.batch_decode([[i] for i in range(n)], clean_up_tokenization_spaces=False)
+        return cls(torch.tensor(["\n" in t for t in texts]),
+                   torch.tensor([t.rstrip(" ").endswith(SENTENCE_PUNCT) for t in texts]),
+                   torch.tensor([t[:1].isspace() for t in texts]),
+                   torch.tensor([t.lstrip(" ").isalpha() for t in texts]))
+
+    def after(self, ids: torch.Tensor) -> torch.Tensor:
+        """bool [n]: whether a unit ends after each token of `ids` (a run of consecutive text; its last
+        token always ends one)."""
+        ids = ids.long()
+        known = (ids >= 0) & (ids < len(self.newline))
+        safe = ids.where(known, torch.zeros_like(ids))
+        nl = self.newline[safe] & known
+        punct = self.punct[safe] & known
+        spaced = torch.ones_like(nl)
+        spaced[:-1] = self.space_start[safe[1:]] | ~known[1:]
+        out = nl | (punct & spaced)
+        out[-1] = True
+        return out
+
+
+@dataclass
+class Unit:
+    start: int  # stream position of its first token
+    ids: list[int]
+    present: torch.Tensor  # bool [terms]: which query terms (tokens, then pairs) it holds
+    score: float
+
+
+class Query:
+    """A question's terms: its distinct tokens, then its distinct consecutive token pairs, with weights."""
+
+    def __init__(self, ids: list[int] | torch.Tensor, pairs: list[tuple[int, int]] | None = None):
+        qa = torch.as_tensor(ids, dtype=torch.int32).reshape(-1)
+        self.tokens = torch.unique(qa)
+        self.pairs = (list(dict.fromkeys(zip(qa[:-1].tolist(), qa[1:].tolist()))) if pairs is None
+                      else list(dict.fromkeys(pairs)))
+        self.weight = torch.zeros(len(self.tokens) + len(self.pairs))
+        self.df = torch.zeros(len(self.tokens))  # spans holding each token, once `set_idf` has them
+
+    def presence(self, ids: torch.Tensor, with_pairs: bool = True) -> torch.Tensor:
+        """[rows, terms] for token-id rows [rows, n]: whether each row holds each term (a pair: consecutively)."""
+        present = (ids[:, :, None] == self.tokens[None, None, :]).any(dim=1)
+        if not (with_pairs and self.pairs):
+            return present
+        a, b = ids[:, :-1], ids[:, 1:]
+        return torch.cat([present, torch.stack([((a == x) & (b == y)).any(1) for x, y in self.pairs], dim=1)],
+                         dim=1)
+
+    def set_idf(self, df: torch.Tensor, n_rows: int, pair_df: torch.Tensor | None = None) -> None:
+        """Weights from document frequencies over `n_rows` spans: a token's IDF (0 when absent everywhere); a pair
+        half the mean of its tokens' (or its own IDF, when its frequency `pair_df` is given)."""
+        self.df = df
+        tok = torch.log((n_rows + 1) / (df + 1)) * (df > 0)
+        if pair_df is not None:
+            pair = torch.log((n_rows + 1) / (pair_df + 1)) * (pair_df > 0)
+        else:
+            idf = dict(zip(self.tokens.tolist(), tok.tolist()))
+            pair = torch.tensor([0.5 * (idf[x] + idf[y]) for x, y in self.pairs])
+        self.weight = torch.cat([tok, pair.reshape(-1)]).float()
+
+
+def units(runs: list[tuple[int, torch.Tensor]], query: Query, kinds: TokenKinds | None,
+          max_unit: int = MAX_UNIT) -> list[Unit]:
+    """The units of `runs` (stream start, token ids of consecutive text) that hold any query term, scored.
+    Without `kinds` (no tokenizer) text is cut into pieces of `max_unit` on a fixed grid of stream positions."""
+    pieces: list[tuple[int, torch.Tensor]] = []
+    for start, ids in runs:
+        if ids.numel() == 0:
+            continue
+        cut = (kinds.after(ids) if kinds is not None else
+               (torch.arange(start, start + ids.numel()) + 1) % max_unit == 0)
+        cut[-1] = True
+        lo = 0
+        for hi in (torch.nonzero(cut)[:, 0] + 1).tolist():
+            pieces += [(start + a, ids[a:min(hi, a + max_unit)]) for a in range(lo, hi, max_unit)]
+            lo = hi
+    if not pieces:
+        return []
+    present = query.presence(_rows([p for _, p in pieces]))
+    score = (present.float() * query.weight).sum(1)
+    return [Unit(start, p.tolist(), present[i], float(score[i])) for i, (start, p) in enumerate(pieces)
+            if score[i] > 0]
+
+
+def pick(found: list[Unit], weight: torch.Tensor, budget_tokens: int, min_gain: float,
+         taken: list[Unit] | None = None) -> list[Unit]:
+    """Units to re-read, within `budget_tokens` (see the module's docstring); `taken` are picks of an
+    earlier search whose terms count as covered."""
+    order = sorted(found, key=lambda u: (-u.score, u.start))
+    if not order:
+        return []
+    picks: list[Unit] = []
+    used = sum(len(u.ids) for u in taken or [])
+    covered = torch.zeros_like(order[0].present)
+    first = order[0].score
+    heaviest = float((order[0].present.float() * weight).max())
+    for u in order:
+        if used + len(u.ids) > budget_tokens:
+            continue
+        new = float(((u.present & ~covered).float() * weight).sum())
+        sibling = any(bool((u.present | ~p.present).all()) for p in picks)
+        if not picks or sibling or (new >= min_gain * heaviest and u.score >= min_gain * first):
+            picks.append(u)
+            covered |= u.present
+            used += len(u.ids)
+    return picks
+
+
+def hop_query(picks: list[Unit], query: Query, kinds: TokenKinds) -> Query | None:
+    """The next hop's terms: the pairs of word tokens in the picks that the question lacks (with their tokens,
+    so the archive's spans that hold them are found); None when there are none."""
+    asked = set(query.pairs)
+    word = lambda t: 0 <= t < len(kinds.word) and bool(kinds.word[t])  # noqa: E731
+    pairs = [p for u in picks for p in zip(u.ids[:-1], u.ids[1:]) if p not in asked and word(p[0]) and word(p[1])]
+    if not pairs:
+        return None
+    pairs = list(dict.fromkeys(pairs))
+    return Query(sorted({t for p in pairs for t in p}), pairs)
+
+
+def hop_units(found: list[Unit], picks: list[Unit], hop: Query, asked: Query, max_df: int,
+              min_gain: float) -> list[Unit]:
+    """The units of a hop's search worth following: those holding a pair of the picks that recurs in a few
+    places only (in 2..max_df + 1 units, the picks included), whose tokens are that rare too, and that are no
+    look-alikes of the first pick (weighing less than `min_gain` of it by the question's own terms). Template
+    words, common in the haystack or shared by the look-alikes, lead nowhere; a name shared by two facts
+    (`VAR B = VAR A`) does."""
+    n_tok = len(hop.tokens)
+    if not found or not picks:
+        return []
+    taken = {u.start for u in picks}
+    everywhere = found + [u for u in picks if u.start not in {f.start for f in found}]
+    holders = torch.stack([hop.presence(torch.tensor(u.ids)[None])[0][n_tok:] for u in everywhere]).sum(0)
+    token_df = dict(zip(hop.tokens.tolist(), hop.df.tolist()))
+    rare_tokens = torch.tensor([max(token_df[a], token_df[b]) <= 2 * (max_df + 1) for a, b in hop.pairs])
+    rare = (holders >= 2) & (holders <= max_df + 1) & rare_tokens
+    follow = [u for u in found if u.start not in taken and bool((u.present[n_tok:] & rare).any())]
+    if not follow:
+        return []
+    asked_score = (asked.presence(_rows([u.ids for u in follow])).float() * asked.weight).sum(1)
+    return [u for u, a in zip(follow, asked_score.tolist()) if a < min_gain * picks[0].score]
+
+
+def _rows(pieces: list[list[int]] | list[torch.Tensor]) -> torch.Tensor:
+    """Token-id rows padded with -1 into one [n, longest] tensor."""
+    rows = torch.full((len(pieces), max(len(p) for p in pieces)), -1, dtype=torch.int32)
+    for i, p in enumerate(pieces):
+        rows[i, :len(p)] = torch.as_tensor(p, dtype=torch.int32)
+    return rows
