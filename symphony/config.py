@@ -72,6 +72,8 @@ class CacheConfig:
     recall_min_gain: float = 0.3
     # searches that follow a name the re-read text shares with other facts (`VAR B = VAR A`); 0 = one search
     recall_hops: int = 4
+    # a reply whose last this-many tokens match the re-read text continues it exactly (runtime/copying.py); 0 = off
+    recall_copy: int = 3
 
     def recall_spans(self) -> int:
         """Spans the in-RAM recall archive has room for (0: recall off): when `recall_tokens` is set (>= 0), that many
@@ -432,6 +434,8 @@ def validate(cfg: SymphonyConfig) -> None:
     if not math.isfinite(m.gate_init):
         raise SymphonyError(f"config key 'memory.gate_init' must be a finite number; got {m.gate_init}")
     _validate_recall(c)
+    if c.recall_copy < 0:
+        raise SymphonyError(f"config key 'cache.recall_copy' must be 0 (off) or a number of tokens; got {c.recall_copy}")
     if c.recall_hops < 0:
         raise SymphonyError(f"config key 'cache.recall_hops' must be 0 (no hops) or more; got {c.recall_hops}")
     if not 0 <= c.recall_min_gain <= 1:

@@ -6,6 +6,7 @@ import torch
 
 from helpers import DOT, KINDS, TEMPLATE, hay
 from symphony.config import load_config
+from symphony.runtime.copying import CopyRule
 from symphony.runtime.engine import StreamingEngine
 from symphony.runtime.facts import TokenKinds
 from symphony.runtime.recall import RecallLedger
@@ -106,3 +107,56 @@ def test_engine_rereads_a_uuid_fact_whole(tiny_loaded):
     eng.ingest(stream, eng.encode(doc))
     recalled = eng.tokenizer.decode(eng.recalled(stream, "What is the code for the vault?"))
     assert fact in recalled
+
+
+UUID = "444b8579-afe8-488c-8287-52f71aa983e2"
+
+
+def test_copy_rule_reproduces_a_36_character_value(tiny_loaded):
+    """The model (here: scripted logits) drops characters of a value it copies; each time the true next token is
+    among its top 5, the rule restores it, and the value comes out exactly."""
+    tok = tiny_loaded.tokenizer
+    source = tok(f"noise. The code for the vault is {UUID}. more noise", add_special_tokens=False).input_ids
+    truth = tok(f" {UUID}.", add_special_tokens=False).input_ids
+    rule = CopyRule(source, min_match=3)
+    reply: list[int] = []
+    for step, want in enumerate(truth):
+        logits = torch.zeros(len(tok))
+        wrong = truth[step + 1] if step + 1 < len(truth) else tok.eos_token_id  # skips a character
+        logits[wrong] = 5.0
+        logits[want] = 4.0  # second choice
+        model_pick = int(torch.argmax(logits))
+        reply.append(rule.choose(reply, logits, model_pick) if step >= 3 else want)  # the model starts the copy
+    assert tok.decode(reply) == f" {UUID}."
+    # without a match, or when the source's next token is not among the model's top k, the model's token stands
+    assert rule.choose([1, 2], torch.zeros(len(tok)), 7) == 7
+    far = torch.zeros(len(tok))
+    far[:10] = 9.0
+    assert rule.choose(truth[:5], far, 3) == 3
+
+
+def test_copy_rule_prefers_the_longest_match_then_the_model():
+    rule = CopyRule([1, 2, 3, 4, 9, 0, 5, 2, 3, 4, 8], min_match=2)
+    assert rule.continuations([1, 2, 3, 4]) == [9]  # "1 2 3 4" matches 4 tokens at the first place, 3 at the second
+    assert rule.continuations([7, 3, 4]) == [9, 8]  # both places match 2: the model chooses
+    logits = torch.zeros(10)
+    logits[8] = 1.0
+    assert rule.choose([7, 3, 4], logits, 0) == 8
+
+
+def test_decode_copies_the_reread_text(tiny_loaded, monkeypatch):
+    """Through the engine: after a question that recall answered, decode consults the rule with the re-read ids;
+    cache.recall_copy=0 turns it off."""
+    seen = []
+    monkeypatch.setattr(CopyRule, "choose", lambda self, reply, logits, chosen: seen.append(self.source) or chosen)
+    for copy, expect in (("3", True), ("0", False)):
+        seen.clear()
+        cfg = load_config("tiny", ["cache.ledger=16", "cache.window=64", "cache.segment_len=32",
+                                   f"cache.recall_copy={copy}"])
+        eng = StreamingEngine(tiny_loaded.model, tiny_loaded.tokenizer, cfg.cache, cfg.salience)
+        stream = eng.new_stream()
+        eng.answer("What is the code for the vault?", "abc def. " * 20 + f"The code for the vault is {UUID}." +
+                   " ghi jkl." * 40, stream=stream, max_new_tokens=4)
+        assert bool(seen) == expect
+        if expect:
+            assert seen[0] == stream.reread and UUID in tiny_loaded.tokenizer.decode(stream.reread)

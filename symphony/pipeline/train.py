@@ -159,10 +159,10 @@ def phase_fingerprint(cfg: SymphonyConfig, run_dir: Path, phase: int) -> str:
 
 def _trained_cache(cache: dict) -> dict:
     """The cache settings as a phase's fingerprint has always hashed them. Training asks no questions, so the
-    recall archive's size, place and search (`recall_bytes`, `recall_path`, `recall_hops`, added later) are left
-    out, and an unset
-    `recall_tokens` reads as the 32,768 it was before it could be unset: runs trained before stay up to date."""
-    out = {k: v for k, v in cache.items() if k not in ("recall_bytes", "recall_path", "recall_hops")}
+    recall archive's size, place and search (`recall_bytes`, `recall_path`, `recall_hops`, `recall_copy`, added
+    later) are left out, and an unset `recall_tokens` reads as the 32,768 it was before it could be unset: runs
+    trained before stay up to date."""
+    out = {k: v for k, v in cache.items() if k not in ("recall_bytes", "recall_path", "recall_hops", "recall_copy")}
     if out.get("recall_tokens", -1) < 0:
         out["recall_tokens"] = 32768
     return out

@@ -58,6 +58,7 @@ def recalled(engine: StreamingEngine, stream: Stream, query: str) -> list[int]:
 def ask(engine: StreamingEngine, stream: Stream, text: str, after: str) -> None:
     """Feed a user message's text (preceded by any recalled spans) and the template's closing."""
     spans = recalled(engine, stream, text)
+    stream.reread = spans
     start = stream.tokens_seen
     if spans:
         engine.ingest(stream, spans + engine.encode("\n").tolist())

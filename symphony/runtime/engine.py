@@ -23,6 +23,7 @@ from symphony.models.info import check_cache_in_context
 from symphony.runtime import chat
 from symphony.runtime.cache import BoundedCache
 from symphony.runtime.chat_format import ChatFormat
+from symphony.runtime.copying import CopyRule
 from symphony.runtime.policies import CachePolicy, get_policy
 from symphony.runtime.stream import Stream
 
@@ -311,15 +312,21 @@ class StreamingEngine:
                stop_ids: Iterable[int] | None = None, on_token: Callable[[int], None] | None = None,
                generator: torch.Generator | None = None) -> list[int]:
         """Sample up to `max_new_tokens` after what the stream has seen; greedy when temperature == 0.
-        The cache is compacted every `segment_len` new tokens, so generation length is unbounded too."""
+        The cache is compacted every `segment_len` new tokens, so generation length is unbounded too.
+        After a question that recall answered, a reply that copies the re-read text keeps copying it exactly
+        (`copying.CopyRule`; `cache.recall_copy` tokens must match first, 0 = off)."""
         if stream.last_logits is None:
             raise ValueError("nothing to continue from: ingest a prompt first")
         stop = set(stop_ids if stop_ids is not None else self.stop_ids())
         out: list[int] = []
         cap = self.capacity
         start = stream.tokens_seen
+        copying = stream.reread and self.cache_cfg.recall_copy
+        copy = CopyRule(stream.reread, self.cache_cfg.recall_copy) if copying else None
         for _ in range(max_new_tokens):
             token = sample(stream.last_logits, temperature, top_p, generator)
+            if copy is not None:
+                token = copy.choose(out, stream.last_logits, token)
             if token in stop:
                 break
             out.append(token)

@@ -34,6 +34,7 @@ class Stream:
     # so recall never re-reads them from the window (a previous question shares the next one's template
     # and would out-cover the archived fact); ranges older than the window are dropped
     conversation: list[tuple[int, int]] = field(default_factory=list)
+    reread: list[int] = field(default_factory=list)  # token ids recall re-read for the last question (copy source)
 
     @property
     def occupied(self) -> int:
