@@ -144,7 +144,7 @@ def test_end_to_end_writes_json_and_plot_and_resumes(tmp_path, monkeypatch):
         out = real(engine, ids, question, prefix, max_new_tokens)
         if engine.policy == "symphony":
             text = engine.tokenizer.decode(ids)
-            return " ".join(re.findall(r"VAR ([A-Z]{5})", text) + re.findall(r"is: (\d{7})", text))
+            return " ".join(re.findall(r"VAR ([A-Z]{5})", text) + re.findall(r"is: (\d{7})", text)), text
         return out
 
     monkeypatch.setattr(ruler_eval, "run_sample", oracle)
@@ -161,6 +161,9 @@ def test_end_to_end_writes_json_and_plot_and_resumes(tmp_path, monkeypatch):
     for key in {(r["task"], r["context_len"], r["sample"]) for r in rows}:  # every method, the same input
         assert len({tuple(r["references"]) for r in rows if (r["task"], r["context_len"], r["sample"]) == key}) == 1
     assert data["summary"]["symphony"]["score"] == 100.0
+    # recall's diagnosis: the oracle "re-read" the whole context, so every reference's sentence was there
+    assert all(r["facts_reread"] == len(r["references"]) for r in rows if r["method"] == "symphony")
+    assert all("reread" not in r for r in rows if r["method"] == "sinks")
     assert (out / "ruler.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = res.output.split("RULER score", 1)[1]
     assert re.search(r"average\s+\S+\s+\S+\s+100\.0\s+100\.0", table)
@@ -175,7 +178,7 @@ def test_full_over_the_memory_limit_is_recorded_not_run(tmp_path, monkeypatch, t
     from symphony.evaluation.limits import projected_bytes
     from symphony.models.info import kv_bytes_per_token
 
-    monkeypatch.setattr(ruler_eval, "run_sample", lambda *a: "nothing")
+    monkeypatch.setattr(ruler_eval, "run_sample", lambda *a: ("nothing", ""))
     monkeypatch.setattr("symphony.evaluation.needle.held_bytes", lambda device: 0)
     limit = projected_bytes(tiny_loaded.model, 1500, None, 64, kv_bytes_per_token(tiny_loaded.model.config, 4), 0)
     out = tmp_path / "r"

@@ -19,7 +19,7 @@ from symphony.errors import SymphonyError
 from symphony.evaluation.limits import projected_bytes
 from symphony.evaluation.needle import (NOT_RUN, _settings_guard, deal_order, draw_grid, fmt_len, load_engines,
                                         measure, run_settings)
-from symphony.evaluation.ruler_tasks import TASKS, Sources, exact_all, make_sample, string_match_all
+from symphony.evaluation.ruler_tasks import TASKS, Sample, Sources, exact_all, make_sample, string_match_all
 from symphony.evaluation.shards import ShardedResults, join_world, process_config, quiet_unless_main
 from symphony.io import save_plot
 
@@ -27,11 +27,19 @@ DEFAULT_LENGTHS = "4k,16k"
 KEY = ("task", "method", "context_len", "sample")
 
 
-def run_sample(engine, ids: list[int], question: str, prefix: str, max_new_tokens: int) -> str:
+def run_sample(engine, ids: list[int], question: str, prefix: str, max_new_tokens: int) -> tuple[str, str]:
     """Preamble + context then the question as one user message; the reply starts with `prefix` (RULER's answer
-    prefix); the greedy text after it."""
+    prefix). Returns the greedy text after it, and the text recall re-read before the question ('' for none)."""
     doc = torch.tensor(ids, dtype=torch.long)
-    return engine.answer(question, doc, max_new_tokens=max_new_tokens, reply_prefix=prefix).strip()
+    stream = engine.new_stream()
+    reply = engine.answer(question, doc, stream=stream, max_new_tokens=max_new_tokens, reply_prefix=prefix)
+    return reply.strip(), engine.tokenizer.decode(stream.reread)
+
+
+def facts_reread(sample: Sample, reread: str) -> int:
+    """How many of the references' planted sentences recall re-read whole (the diagnosis of a wrong answer:
+    was the fact brought back, or was it there and the model missed it?)."""
+    return sum(any(ref in sent and sent in reread for sent in sample.needles) for ref in sample.references)
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -135,10 +143,13 @@ def run_ruler(cfg, methods: list[str], out: Path, resume: bool = False, memory_l
                                    "references": s.references, "prediction": None, "score": None, "exact": None,
                                    "seconds": None}
             bar.set_postfix_str(f"{t} {m} {fmt_len(n)}")
-            pred = measure(row, proj, limit, device, lambda: run_sample(eng, ids, s.question, s.prefix, new_tokens))
-            if pred is not None:
+            got = measure(row, proj, limit, device, lambda: run_sample(eng, ids, s.question, s.prefix, new_tokens))
+            if got is not None:
+                pred, reread = got
                 row.update(prediction=pred, score=100.0 * string_match_all(pred, s.references),
                            exact=exact_all(pred, s.references))
+                if reread:
+                    row.update(reread=reread, facts_reread=facts_reread(s, reread))
             row["beyond_window"] = bool(window and n > window)
             store.add(row)
             bar.update(1)
