@@ -7,6 +7,7 @@ same inputs. Rows are saved the moment a trial finishes; a resumed run skips the
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -158,6 +159,63 @@ def load_engines(cfg, methods: list[str], memory_limit: str | None, world) -> tu
     return base_engine, engines, limit, base
 
 
+@dataclass
+class EvalRun:
+    """What a suite's run starts from: its haystack text, engines, memory budget and the model's figures."""
+
+    corpus: str
+    engine: Any  # the configured engine: model, tokenizer, device, chat format
+    engines: dict[str, Any]  # {method: engine over the same model}
+    limit: int  # memory limit on the process's total (bytes)
+    base: int  # bytes held before any cell ran
+    window: int | None  # the model's trained context
+    kv_per_token: int
+
+
+def start_run(cfg, store, methods: list[str], memory_limit: str | None, world, suite: str, seed: int,
+              haystack: str | None, max_new_tokens: Any, settings: dict[str, Any], meta: dict[str, Any]) -> EvalRun:
+    """Load the haystack and the engines, refuse a resume with other settings, and record the run's settings
+    and figures in the store's meta (`settings`: the suite's own, `meta`: its grid)."""
+    from symphony.corpus import builtin_text, load_text
+    from symphony.models.info import context_window, kv_bytes_per_token
+
+    corpus = load_text(haystack) if haystack else builtin_text()
+    settings = run_settings(cfg, seed, haystack, corpus, max_new_tokens, **settings)
+    _settings_guard(store, settings)
+    base_engine, engines, limit, base = load_engines(cfg, methods, memory_limit, world)
+    model = base_engine.model
+    run = EvalRun(corpus, base_engine, engines, limit, base, context_window(model.config),
+                  kv_bytes_per_token(model.config, model.dtype.itemsize))
+    store.meta.update({"suite": suite, "settings": settings, "model_window": run.window,
+                       "kv_bytes_per_token": run.kv_per_token, "memory_limit_bytes": limit,
+                       "device": str(base_engine.device), **meta})
+    return run
+
+
+def pending_cells(store, grid: list[tuple], methods: list[str], key: Callable[[str, tuple], dict], bar):
+    """(cell, methods still to run on it) for each cell of `grid` this process owns, skipping rows a resumed run
+    has; the progress bar moves past the rest. `key(method, cell)` names a row's fields."""
+    for cell in grid:
+        mine = [m for m in methods if store.owns(**key(m, cell))]
+        todo = [m for m in mine if not store.has(**key(m, cell))]
+        bar.update(len(mine) - len(todo))
+        if todo:
+            yield cell, todo
+
+
+def record(store, row: dict[str, Any], window: int | None, bar) -> None:
+    """Save a finished row (marked when its context is past the model's trained window) and move the bar."""
+    row["beyond_window"] = bool(window and row["context_len"] > window)
+    store.add(row)
+    bar.update(1)
+
+
+def finish(store, bar) -> bool:
+    """Close the bar and merge a sharded run's rows; True in the process that reports (rank 0)."""
+    bar.close()
+    return store.finish()
+
+
 def measure(row: dict[str, Any], proj: int, limit: int, device: torch.device, run: Callable[[], Any]) -> Any:
     """run() unless its projected memory `proj` is over `limit`; the row gets status (ok, over_limit, oom) and
     seconds. run()'s result, or None when it was not run or ran out of memory."""
@@ -229,9 +287,6 @@ def run_needle(cfg, methods: list[str], out: Path, resume: bool = False, memory_
     """Run the grid (skipping cells already in out/needle.json when resuming); write JSON, heatmaps, table.
     Under accelerate launch / torchrun the cells are split across the processes (`shards`); rank 0 merges,
     draws and prints, and returns the results, the other ranks return None."""
-    from symphony.corpus import builtin_text, load_text
-    from symphony.models.info import context_window, kv_bytes_per_token
-
     lengths = lengths or [1024 << i for i in range(6)]
     depths = depths if depths is not None else parse_depths(DEFAULT_DEPTHS)
     if trials < 1:
@@ -250,30 +305,19 @@ def run_needle(cfg, methods: list[str], out: Path, resume: bool = False, memory_
     store = ShardedResults(path, ("method", "context_len", "depth", "trial"), cells, resume=resume,
                            deal=deal_order(grid, methods), checked=("settings",), derive=summarize, world=world)
 
-    corpus = load_text(haystack) if haystack else builtin_text()
-    settings = run_settings(cfg, seed, haystack, corpus, max_new_tokens, needle=needle_kind, distractors=distractors)
-    _settings_guard(store, settings)
-
-    base_engine, engines, limit, base = load_engines(cfg, methods, memory_limit, world)
+    run = start_run(cfg, store, methods, memory_limit, world, "needle", seed, haystack, max_new_tokens,
+                    dict(needle=needle_kind, distractors=distractors),
+                    dict(lengths=lengths, depths=depths, trials=trials, methods=methods))
+    corpus, base_engine, engines, limit, base = run.corpus, run.engine, run.engines, run.limit, run.base
     model, tok, device = base_engine.model, base_engine.tokenizer, base_engine.device
-    window = context_window(model.config)
-    kv_per_token = kv_bytes_per_token(model.config, model.dtype.itemsize)
-    store.meta.update({
-        "suite": "needle", "settings": settings, "model_window": window, "kv_bytes_per_token": kv_per_token,
-        "memory_limit_bytes": limit, "device": str(device),
-        "lengths": lengths, "depths": depths, "trials": trials, "methods": methods,
-    })
+    window, kv_per_token = run.window, run.kv_per_token
     hay_tok = _CorpusTokenizer(tok, corpus)
     before, after = base_engine.chat_format.first_user
 
     # rank 0's bar stands for the run (its share of the cells); the others would draw over it
     bar = tqdm(total=len(store.mine), desc="needle", unit="trial", disable=not world.main)
-    for n, d, t in grid:
-        mine = [m for m in methods if store.owns(method=m, context_len=n, depth=d, trial=t)]
-        todo = [m for m in mine if not store.has(method=m, context_len=n, depth=d, trial=t)]
-        bar.update(len(mine) - len(todo))
-        if not todo:
-            continue
+    cell_key = lambda m, cell: dict(method=m, context_len=cell[0], depth=cell[1], trial=cell[2])  # noqa: E731
+    for (n, d, t), todo in pending_cells(store, grid, methods, cell_key, bar):
         needles, ids = cell_input(hay_tok, corpus, n, d, t, seed, needle_kind, distractors)
         target = needles[0]
         # tokens besides the haystack: template, question, recalled spans, answer (a `full` cache holds them too)
@@ -288,11 +332,8 @@ def run_needle(cfg, methods: list[str], out: Path, resume: bool = False, memory_
             generated = measure(row, proj, limit, device, lambda: run_trial(eng, ids, target.question, max_new_tokens))
             if generated is not None:
                 row.update(generated=generated, correct=contains_answer(generated, target.value))
-            row["beyond_window"] = bool(window and n > window)
-            store.add(row)
-            bar.update(1)
-    bar.close()
-    if not store.finish():
+            record(store, row, window, bar)
+    if not finish(store, bar):
         return None
 
     summary = summarize(store.rows)["summary"]

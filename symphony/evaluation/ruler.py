@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 
 from symphony.errors import SymphonyError
 from symphony.evaluation.limits import projected_bytes
-from symphony.evaluation.needle import (NOT_RUN, _settings_guard, deal_order, draw_grid, fmt_len, load_engines,
-                                        measure, run_settings)
+from symphony.evaluation.needle import (NOT_RUN, deal_order, draw_grid, fmt_len, finish, measure, pending_cells,
+                                        record, start_run)
 from symphony.evaluation.ruler_tasks import TASKS, Sample, Sources, exact_all, make_sample, string_match_all
 from symphony.evaluation.shards import ShardedResults, join_world, process_config, quiet_unless_main
 from symphony.io import save_plot
@@ -84,8 +84,6 @@ def run_ruler(cfg, methods: list[str], out: Path, resume: bool = False, memory_l
     """Run every (task, length, sample) for every method (skipping rows already in out/ruler.json when
     resuming); write the JSON and OUT/ruler.png and print the table. Under accelerate launch the rows are split
     across the processes; rank 0 merges, draws, prints and returns the results, the others return None."""
-    from symphony.corpus import builtin_text, load_text
-    from symphony.models.info import context_window, kv_bytes_per_token
 
     tasks = tasks or list(TASKS)
     lengths = lengths or [4096, 16384]
@@ -107,29 +105,16 @@ def run_ruler(cfg, methods: list[str], out: Path, resume: bool = False, memory_l
     store = ShardedResults(path, KEY, cells, resume=resume, deal=deal, checked=("settings",), derive=summarize,
                            world=world)
 
-    corpus = load_text(haystack) if haystack else builtin_text()
-    settings = run_settings(cfg, seed, haystack, corpus, max_new_tokens or "per task")
-    _settings_guard(store, settings)
-
-    base_engine, engines, limit, base = load_engines(cfg, methods, memory_limit, world)
-    model, tok, device = base_engine.model, base_engine.tokenizer, base_engine.device
-    window = context_window(model.config)
-    kv_per_token = kv_bytes_per_token(model.config, model.dtype.itemsize)
-    store.meta.update({
-        "suite": "ruler", "settings": settings, "model_window": window, "kv_bytes_per_token": kv_per_token,
-        "memory_limit_bytes": limit, "device": str(device), "tasks": tasks, "lengths": lengths,
-        "samples": samples, "methods": methods,
-    })
+    run = start_run(cfg, store, methods, memory_limit, world, "ruler", seed, haystack, max_new_tokens or "per task",
+                    {}, dict(tasks=tasks, lengths=lengths, samples=samples, methods=methods))
+    corpus, base_engine, engines, limit, base = run.corpus, run.engine, run.engines, run.limit, run.base
+    model, tok, device, window = base_engine.model, base_engine.tokenizer, base_engine.device, run.window
     sources = Sources(tok, corpus)  # the haystacks, tokenised once
     before, after = base_engine.chat_format.first_user
 
     bar = tqdm(total=len(store.mine), desc="ruler", unit="sample", disable=not world.main)
-    for t, n, i in grid:
-        mine = [m for m in methods if store.owns(task=t, method=m, context_len=n, sample=i)]
-        todo = [m for m in mine if not store.has(task=t, method=m, context_len=n, sample=i)]
-        bar.update(len(mine) - len(todo))
-        if not todo:
-            continue
+    cell_key = lambda m, cell: dict(task=cell[0], method=m, context_len=cell[1], sample=cell[2])  # noqa: E731
+    for (t, n, i), todo in pending_cells(store, grid, methods, cell_key, bar):
         s = make_sample(t, sources, n, i, seed)
         ids = sources.encode(s.preamble) + s.context
         new_tokens = max_new_tokens or TASKS[t].max_new_tokens
@@ -138,7 +123,7 @@ def run_ruler(cfg, methods: list[str], out: Path, resume: bool = False, memory_l
                  + cfg.cache.recall_budget + new_tokens)
         for m in todo:
             eng = engines[m]
-            proj = projected_bytes(model, n + extra, eng.capacity, cfg.cache.segment_len, kv_per_token, base)
+            proj = projected_bytes(model, n + extra, eng.capacity, cfg.cache.segment_len, run.kv_per_token, base)
             row: dict[str, Any] = {"task": t, "method": m, "context_len": n, "sample": i,
                                    "references": s.references, "prediction": None, "score": None, "exact": None,
                                    "seconds": None}
@@ -150,11 +135,8 @@ def run_ruler(cfg, methods: list[str], out: Path, resume: bool = False, memory_l
                            exact=exact_all(pred, s.references))
                 if reread:
                     row.update(reread=reread, facts_reread=facts_reread(s, reread))
-            row["beyond_window"] = bool(window and n > window)
-            store.add(row)
-            bar.update(1)
-    bar.close()
-    if not store.finish():
+            record(store, row, window, bar)
+    if not finish(store, bar):
         return None
 
     summary = summarize(store.rows)["summary"]
