@@ -160,3 +160,26 @@ def test_decode_copies_the_reread_text(tiny_loaded, monkeypatch):
         assert bool(seen) == expect
         if expect:
             assert seen[0] == stream.reread and UUID in tiny_loaded.tokenizer.decode(stream.reread)
+
+
+def test_hops_leave_three_look_alikes_out():
+    """NoLiMa-style: the question shares only the name with its fact; the fact's other words ("sheep graze on
+    the ... estate") recur in three look-alikes. Neither the first pick nor a hop brings them back."""
+    ids = hay(900, seed=6)
+    sheep = [62, 63, 64, 65]  # "Exactly N sheep graze on the"
+    asked = plant(ids, 400, sheep + [80, 81, 66, 5, 5, DOT])  # name: the pair 80 81
+    for s, name in ((100, [82, 83]), (250, [84, 85]), (700, [86, 87])):
+        plant(ids, s, sheep + name + [66, 6, 6, DOT])
+    assert ledger(ids).search([50, 52, 80, 81, 53], budget_tokens=192, kinds=KINDS, hops=4) == [asked]
+
+
+def test_a_rare_name_of_common_sub_tokens_outweighs_common_words():
+    """The name is a pair of tokens that are each common in the haystack; as a pair it occurs once. A sentence
+    holding the question's other (commoner) word must not come first."""
+    ids = hay(1000, seed=7)
+    a, b = 90, 91  # in nearly every span, never side by side
+    ids[0::4], ids[2::6] = a, b
+    asked = plant(ids, 600, [70, a, b, 71, 5, DOT])
+    plant(ids, 300, [72, 52, 73, DOT])  # the question's word 52, rarer than a or b, commoner than the pair
+    plant(ids, 800, [74, 52, 75, DOT])
+    assert ledger(ids).search([50, a, b, 52, 51], budget_tokens=6, kinds=KINDS) == [asked]  # room for one

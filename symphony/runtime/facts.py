@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-MAX_UNIT = 64  # tokens: a longer sentence is judged and re-read in pieces of this size
+MAX_UNIT = 96  # tokens: a longer sentence is judged and re-read in pieces of this size (a uuid fact: ~70)
 SENTENCE_PUNCT = (".", "!", "?")
 
 
@@ -92,17 +92,11 @@ class Query:
         return torch.cat([present, torch.stack([((a == x) & (b == y)).any(1) for x, y in self.pairs], dim=1)],
                          dim=1)
 
-    def set_idf(self, df: torch.Tensor, n_rows: int, pair_df: torch.Tensor | None = None) -> None:
-        """Weights from document frequencies over `n_rows` spans: a token's IDF (0 when absent everywhere); a pair
-        half the mean of its tokens' (or its own IDF, when its frequency `pair_df` is given)."""
+    def set_idf(self, df: torch.Tensor, n_rows: int, pair_df: torch.Tensor) -> None:
+        """Weights from document frequencies over `n_rows` spans: each term's IDF, 0 when absent everywhere."""
         self.df = df
-        tok = torch.log((n_rows + 1) / (df + 1)) * (df > 0)
-        if pair_df is not None:
-            pair = torch.log((n_rows + 1) / (pair_df + 1)) * (pair_df > 0)
-        else:
-            idf = dict(zip(self.tokens.tolist(), tok.tolist()))
-            pair = torch.tensor([0.5 * (idf[x] + idf[y]) for x, y in self.pairs])
-        self.weight = torch.cat([tok, pair.reshape(-1)]).float()
+        idf = lambda d: torch.log((n_rows + 1) / (d + 1)) * (d > 0)  # noqa: E731
+        self.weight = torch.cat([idf(df), idf(pair_df).reshape(-1)]).float()
 
 
 def units(runs: list[tuple[int, torch.Tensor]], query: Query, kinds: TokenKinds | None,
@@ -167,10 +161,10 @@ def hop_query(picks: list[Unit], query: Query, kinds: TokenKinds) -> Query | Non
 def hop_units(found: list[Unit], picks: list[Unit], hop: Query, asked: Query, max_df: int,
               min_gain: float) -> list[Unit]:
     """The units of a hop's search worth following: those holding a pair of the picks that recurs in a few
-    places only (in 2..max_df + 1 units, the picks included), whose tokens are that rare too, and that are no
-    look-alikes of the first pick (weighing less than `min_gain` of it by the question's own terms). Template
-    words, common in the haystack or shared by the look-alikes, lead nowhere; a name shared by two facts
-    (`VAR B = VAR A`) does."""
+    places only (in 2..max_df + 1 units, the picks included), whose tokens are that rare too, in another part
+    of the sentence than in the pick (a name assigned there, used here: `VAR B = VAR A` after `VAR A = 5`;
+    a look-alike repeats its template's words in the same place), and that are no look-alikes of the first
+    pick by the question's own terms (weighing less than `min_gain` of it)."""
     n_tok = len(hop.tokens)
     if not found or not picks:
         return []
@@ -180,11 +174,22 @@ def hop_units(found: list[Unit], picks: list[Unit], hop: Query, asked: Query, ma
     token_df = dict(zip(hop.tokens.tolist(), hop.df.tolist()))
     rare_tokens = torch.tensor([max(token_df[a], token_df[b]) <= 2 * (max_df + 1) for a, b in hop.pairs])
     rare = (holders >= 2) & (holders <= max_df + 1) & rare_tokens
-    follow = [u for u in found if u.start not in taken and bool((u.present[n_tok:] & rare).any())]
+    rare_pairs = [p for p, r in zip(hop.pairs, rare.tolist()) if r]
+    where = {p: _place(u.ids, p) for u in picks for p in rare_pairs if _place(u.ids, p) >= 0}
+    follow = [u for u in found if u.start not in taken
+              and any(abs(_place(u.ids, p) - at) >= 0.25 for p, at in where.items() if _place(u.ids, p) >= 0)]
     if not follow:
         return []
     asked_score = (asked.presence(_rows([u.ids for u in follow])).float() * asked.weight).sum(1)
     return [u for u, a in zip(follow, asked_score.tolist()) if a < min_gain * picks[0].score]
+
+
+def _place(ids: list[int], pair: tuple[int, int]) -> float:
+    """Where in `ids` the pair first occurs, as a share of its length (-1: nowhere)."""
+    for i in range(len(ids) - 1):
+        if ids[i] == pair[0] and ids[i + 1] == pair[1]:
+            return i / max(1, len(ids) - 1)
+    return -1.0
 
 
 def _rows(pieces: list[list[int]] | list[torch.Tensor]) -> torch.Tensor:

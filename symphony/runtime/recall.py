@@ -40,7 +40,7 @@ META, FORMAT = "recall.json", "symphony-recall/1"
 CHUNK_SPANS = 4096  # rows a search (or a reopen's recount) reads at a time
 GROW_SPANS = 4096  # rows a disk archive grows by at least (then by an eighth of its size): few remaps, little slack
 MAX_CANDIDATES = 512  # spans, by the query weight they hold, that a search cuts into units (with their neighbours)
-HOP_MAX_DF = 4  # a name followed by a hop recurs in at most this many other units
+HOP_MAX_DF = 2  # a name followed by a hop recurs in at most this many other units
 
 
 def new_archive_path(parent: str | os.PathLike) -> Path:
@@ -291,12 +291,14 @@ class RecallLedger:
         return torch.stack(ids), torch.tensor(found), torch.tensor(order)
 
     def _idf(self, query: Query, extra: dict[int, torch.Tensor]) -> None:
-        """Set the query's weights from its tokens' document frequency over every candidate span."""
-        n_spans, df = 0, torch.zeros(len(query.tokens))
+        """Set the query's weights from its terms' document frequency over every candidate span: a pair's own,
+        so a rare name split into common sub-tokens still weighs as rare."""
+        n_spans, df = 0, torch.zeros(len(query.weight))
         for ids, _, _ in self._chunks(extra):
             n_spans += len(ids)
-            df += query.presence(ids, with_pairs=False).sum(0)
-        query.set_idf(df, n_spans)
+            df += query.presence(ids).sum(0)
+        n_tok = len(query.tokens)
+        query.set_idf(df[:n_tok], n_spans, df[n_tok:])
 
     def _candidates(self, query: Query, extra: dict[int, torch.Tensor], limit: int) -> list[int]:
         """Starts of the `limit` spans holding the most query weight (ties: the earlier span)."""
