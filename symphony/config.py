@@ -67,9 +67,9 @@ class CacheConfig:
     # stream (every span kept, RAM constant) and readable again after a restart; empty = in RAM
     recall_path: str = ""
     recall_budget: int = 192  # tokens of recalled spans re-read in front of a question
-    # a span is recalled only if the query terms it adds weigh at least this share of the first pick's
-    # (so spans that merely repeat the question's template, e.g. distractor facts, stay out); 0 = any gain
-    recall_min_gain: float = 0.3
+    # a sentence is re-read beside the best one only if it weighs at least this share of it and adds a question
+    # term at least this share of its heaviest (facts that merely repeat the template stay out); 0 = any gain
+    recall_min_gain: float = 0.5
     # searches that follow a name the re-read text shares with other facts (`VAR B = VAR A`); 0 = one search
     recall_hops: int = 4
     # a reply whose last this-many tokens match the re-read text continues it exactly (runtime/copying.py); 0 = off

@@ -345,7 +345,7 @@ class RecallLedger:
         starts = self._candidates(query, extra, limit)
         return units(self._runs(starts, extra, -(-max_unit // self.span_len)), query, kinds, max_unit)
 
-    def search(self, query_ids: list[int] | torch.Tensor, budget_tokens: int, min_gain: float = 0.3,
+    def search(self, query_ids: list[int] | torch.Tensor, budget_tokens: int, min_gain: float = 0.5,
                live: tuple[torch.Tensor, torch.Tensor] | None = None, max_candidates: int = MAX_CANDIDATES,
                kinds: TokenKinds | None = None, hops: int = 0, max_df: int = HOP_MAX_DF,
                max_unit: int = MAX_UNIT) -> list[list[int]]:
