@@ -221,6 +221,49 @@ untrained engine; FHRR ~0.5%; the copy head as trained costs perplexity and adds
 """
 
 
+RULER_COLUMNS = [  # (step folder, method, column title)
+    ("4k", "full", "full 4k"), ("4k", "sinks", "sinks 4k"), ("4k", "symphony", "Symphony 4k"),
+    ("16k", "symphony", "Symphony 16k"), ("16k_sinks", "sinks", "sinks 16k"), ("32k", "symphony", "Symphony 32k")]
+
+RULER = """`benchmarks/ruler_suite.sh HAYSTACK` (= `symphony eval ruler --haystack HAYSTACK --lengths L --methods M
+--samples S`, steps listed in the script): RULER's tasks (niah single/multi-key/multi-value/multi-query, variable
+tracking) and NoLiMa-style paraphrased facts, scored with RULER's `string_match_all` (% of the references in the
+reply; mean over samples, the sample count in brackets). The default 2,052-slot cache; `full` at 4k is the
+reference a small model can reach with everything in view. *Re-read* counts the Symphony samples whose every
+reference's planted sentence recall brought back whole: where it is full and the score is not, the fact was in
+front of the question and the 135M model answered wrong."""
+
+
+def ruler(root: Path) -> None:
+    for hay in sorted(p for p in (root / "ruler").iterdir() if p.is_dir()):
+        rows = [dict(r, step=step.name) for step in sorted(hay.iterdir()) if (step / "ruler.json").is_file()
+                for r in load(step / "ruler.json")["rows"] if r.get("status") == "ok"]
+        if not rows:
+            continue
+        tasks = list(dict.fromkeys(r["task"] for r in rows))
+        cols = [c for c in RULER_COLUMNS if any(r["step"] == c[0] and r["method"] == c[1] for r in rows)]
+        print(f"\n**Haystack: {hay.name}**\n")
+        print("| task | " + " | ".join(c[2] for c in cols) + " | re-read whole, Symphony 16k |")
+        print("|---|" + "---:|" * (len(cols) + 1))
+        for t in tasks:
+            cells = []
+            for step, method, _ in cols:
+                got = [r["score"] for r in rows if r["task"] == t and r["step"] == step and r["method"] == method]
+                cells.append(f"{sum(got) / len(got):.0f} ({len(got)})" if got else "")
+            sym = [r for r in rows if r["task"] == t and r["step"] == "16k" and r["method"] == "symphony"]
+            whole = sum(r.get("facts_reread", 0) == len(r["references"]) for r in sym)
+            print(f"| {t} | " + " | ".join(cells) + (f" | {whole}/{len(sym)} |" if sym else " | |"))
+        nocopy = [r for r in rows if r["step"] == "16k_nocopy"]
+        if nocopy:
+            key = lambda r: (r["task"], r["sample"])  # noqa: E731
+            with_copy = {key(r): r for r in rows if r["step"] == "16k" and r["method"] == "symphony"}
+            pairs = [(with_copy[key(r)], r) for r in nocopy if key(r) in with_copy]
+            print(f"\nExact copy rule (`cache.recall_copy`), Symphony 16k, the same {len(pairs)} samples of "
+                  f"{', '.join(dict.fromkeys(r['task'] for r in nocopy))}: exact answers "
+                  f"{sum(bool(a['exact']) for a, _ in pairs)}/{len(pairs)} with it, "
+                  f"{sum(bool(b['exact']) for _, b in pairs)}/{len(pairs)} without.")
+
+
 def render(root: Path) -> str:
     import contextlib
     import io
@@ -235,6 +278,13 @@ def render(root: Path) -> str:
             table(d)
         images = " ".join(f"![{png}](results/{png})" for png in PLOTS.get(name, ()) if (root / png).is_file())
         parts.append(f"## {title}\n\n{prose}\n\n{buf.getvalue().rstrip()}\n" + (f"\n{images}\n" if images else ""))
+    if (root / "ruler").is_dir():
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            ruler(root)
+        images = " ".join(f"![{p.parent.parent.name} {p.parent.name}](results/{p.relative_to(root)})"
+                          for p in sorted((root / "ruler").glob("*/*/ruler.png")) if p.parent.name in ("4k", "16k"))
+        parts.append(f"## Recall: RULER-style tasks\n\n{RULER}\n{buf.getvalue().rstrip()}\n\n{images}\n")
     if list(root.glob("train/*")):
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):

@@ -208,3 +208,16 @@ def test_parse_depths():
     for bad in ("x", "101", ""):
         with pytest.raises(Exception):
             parse_depths(bad)
+
+
+def test_needle_takes_the_same_haystack_sources_as_ruler(tmp_path):
+    """--haystack is a source name (builtin, manpages, a dataset) or a file; a missing file is one line."""
+    res = helpers.invoke(["eval", "needle", "-c", "tiny", "--haystack", str(tmp_path / "missing.txt"), "--lengths",
+                          "200", "--depths", "50", "--out", str(tmp_path / "n")])
+    assert "text file not found" in helpers.one_line_error(res)
+    text = tmp_path / "hay.txt"
+    text.write_text("Quiet rivers run past old mills. " * 200)
+    res = helpers.invoke(["eval", "needle", "-c", "tiny", "--haystack", str(text), "--lengths", "200", "--depths",
+                          "50", "--methods", "sinks", "--out", str(tmp_path / "n")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "n" / "needle.json").read_text())["settings"]["haystack"] == str(text)

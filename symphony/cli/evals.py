@@ -10,6 +10,14 @@ from symphony.evaluation.needle import DEFAULT_DEPTHS, DEFAULT_LENGTHS, MAX_DIST
 from symphony.evaluation.options import eval_options, positive_finite
 
 
+# the haystack text: `manpages` gives millions of tokens that never repeat; the built-in corpus cycles
+haystack_option = click.option(
+    "--haystack", default="builtin", show_default=True, metavar="builtin|manpages|FILE|DATASET",
+    help="Haystack text: the built-in corpus (Python's documentation, 465 KB, cycled when longer), this"
+         " machine's man pages (millions of tokens that never repeat; rendered once, cached), a text file, or a"
+         " `datasets` name.")
+
+
 @click.command("oom")
 @config_options
 @eval_options(default_out="results/oom")
@@ -47,8 +55,7 @@ def oom(cfg, methods, out, resume, memory_limit, lengths, decode_tokens, time_li
               help="Trials per (length, depth) cell, each with a fresh needle.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds the needles: the same cell gets the same needle for every method and every run.")
-@click.option("--haystack", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Text file for the haystack (default: the built-in corpus, Python's documentation).")
+@haystack_option
 @click.option("--needle", "needle_kind", type=click.Choice(NEEDLE_KINDS), default="number", show_default=True,
               help="What the secret is: a 7-digit number, a word, or a uuid code.")
 @click.option("--distractors", type=click.IntRange(0, MAX_DISTRACTORS), default=0, show_default=True,
@@ -85,9 +92,7 @@ def needle(cfg, methods, out, resume, memory_limit, lengths, depths, trials, see
                    " e.g. 4k,16k or 4096.")
 @click.option("--samples", "-n", type=int, default=3, show_default=True,
               help="Samples per (task, length), each drawn afresh; every method answers the same ones.")
-@click.option("--haystack", default="builtin", show_default=True, metavar="builtin|manpages|FILE|DATASET",
-              help="Essay haystack: the built-in corpus (Python's documentation), this machine's man pages"
-                   " (rendered once, cached), a text file, or a `datasets` name.")
+@haystack_option
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds the samples: the same (task, length, sample) is the same input for every method and run.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
