@@ -207,10 +207,11 @@ in its file). Model: SmolLM2-135M-Instruct, fp32, trained context 8,192 tokens, 
 2-core CPU; default preset: 4 sinks + 512 ledger + 1,536 window = 2,052 slots (90 MB). Baselines ran in the same
 command on the same inputs: `full` (plain `DynamicCache`) and `sinks` (StreamingLLM at the same slot budget).
 
-**Read with care.** These needle results use the built-in haystack and one needle template. On another haystack
-(literary text) and other templates, recall is weaker (1 of 3 at 32k with 3 distractors in a user's trial); the
-RULER-style suite that measures this is not built yet. The only speed figures are those of the Speed section
-(an idle machine); the tokens/s stored in the other runs' JSON were taken while other jobs shared the cores.
+**Read with care.** The needle grids below use the built-in haystack and one needle template. The RULER-style
+section measures recall on two haystacks (Python's documentation and this machine's man pages) with RULER's
+templates and paraphrased questions; where it falls short it says so. The only speed figures are those of the
+Speed section (an idle machine); the tokens/s stored in the other runs' JSON were taken while other jobs shared
+the cores.
 """
 
 TRAINED = """Trained memories (`benchmarks/training_results.sh`; smollm2-135m-cpu: Titans or FHRR on the last 2 layers +
@@ -253,6 +254,17 @@ def ruler(root: Path) -> None:
             sym = [r for r in rows if r["task"] == t and r["step"] == "16k" and r["method"] == "symphony"]
             whole = sum(r.get("facts_reread", 0) == len(r["references"]) for r in sym)
             print(f"| {t} | " + " | ".join(cells) + (f" | {whole}/{len(sym)} |" if sym else " | |"))
+        def mean(t, step, method):
+            got = [r["score"] for r in rows if r["task"] == t and r["step"] == step and r["method"] == method]
+            return sum(got) / len(got) if got else None
+
+        for step in ("16k", "32k"):
+            pairs = [(t, mean(t, step, "symphony"), mean(t, "4k", "full")) for t in tasks]
+            pairs = [(t, a, b) for t, a, b in pairs if a is not None and b is not None]
+            if pairs:
+                below = [f"{t} ({a:.0f} vs {b:.0f})" for t, a, b in pairs if a < b]
+                print(f"\nSymphony {step} below full attention at 4k on: {', '.join(below) or 'no task'} "
+                      f"({len(pairs)} tasks compared).")
         nocopy = [r for r in rows if r["step"] == "16k_nocopy"]
         if nocopy:
             key = lambda r: (r["task"], r["sample"])  # noqa: E731
