@@ -7,8 +7,8 @@
 #   2. 16k: Symphony                                                                      OUT/<hay>/16k
 #   3. 16k, the value-copying tasks: Symphony without the copy rule (cache.recall_copy=0)  OUT/<hay>/16k_nocopy
 #   4. 16k: StreamingLLM, 1 sample per task                                               OUT/<hay>/16k_sinks
-#   5. 32k: Symphony, 1 sample per task                                                   OUT/<hay>/32k
-# On 2 CPU cores, about 2 hours for one haystack.
+#   5. 32k: Symphony                                                                      OUT/<hay>/32k
+# On one CPU core, about 3 hours for one haystack (32k: ~2 minutes per sample).
 set -euo pipefail
 HAY=${1:?usage: benchmarks/ruler_suite.sh builtin|manpages|FILE [OUT_ROOT] [SAMPLES]}
 ROOT=${2:-docs/results/ruler}
@@ -22,4 +22,4 @@ run --lengths 16k --methods symphony --samples "$SAMPLES" --out "$OUT/16k"
 run --lengths 16k --methods symphony --samples "$SAMPLES" --tasks niah_single_2,niah_single_3,niah_multikey_3 \
     --set cache.recall_copy=0 --out "$OUT/16k_nocopy"
 run --lengths 16k --methods sinks --samples 1 --out "$OUT/16k_sinks"
-run --lengths 32k --methods symphony --samples 1 --out "$OUT/32k"
+run --lengths 32k --methods symphony --samples "$SAMPLES" --out "$OUT/32k"

@@ -144,6 +144,32 @@ def test_copy_rule_prefers_the_longest_match_then_the_model():
     assert rule.choose([7, 3, 4], logits, 0) == 8
 
 
+def test_copy_resumes_after_a_reply_prefix_that_restated_the_key():
+    """RULER's reply prefix restates the key then says "mentioned in the provided text is", which the fact lacks:
+    the copy resumes at the fact's value once the model rates it near its own choice (here: a look-alike's value
+    from the window is its first choice), and continues to the end of the fact, not into the next one."""
+    key, value, other, NL = [40, 41, 42], [50, 51, 52, 53], [60, 61], 9
+    source = [30, 31] + key + [32, 33] + value + [DOT, NL] + [30, 31, 70, 71, 72, 32, 33, 80, 81, DOT, NL]
+    rule = CopyRule(source, min_match=3, prefix=[30, 31] + key + [34, 35, 32], breaks=[NL])
+    reply: list[int] = []
+    for want in [33] + value + [DOT]:
+        logits = torch.zeros(100)
+        logits[other[0] if not reply else 99] = 6.0  # the model's own pick: a look-alike's value
+        logits[want] = 4.5  # within the margin
+        reply.append(rule.choose(reply, logits, int(torch.argmax(logits))))
+    assert reply == [33] + value + [DOT]
+    nxt = torch.zeros(100)
+    nxt[99], nxt[NL], nxt[30] = 6.0, 5.0, 5.0
+    assert rule.choose(reply, nxt, 99) == 99  # the fact ended: no copy past the newline into the next fact
+    # far below the model's choice (beyond the margin), or no restated key: the model's token stands
+    low = torch.zeros(100)
+    low[other[0]], low[33] = 9.0, 4.5
+    assert CopyRule(source, 3, prefix=[30, 31] + key + [34, 35, 32], breaks=[NL]).choose([], low, other[0]) == other[0]
+    near = torch.zeros(100)
+    near[other[0]], near[33] = 6.0, 5.0
+    assert CopyRule(source, 3, prefix=[1, 2, 3, 34, 35, 32], breaks=[NL]).choose([], near, other[0]) == other[0]
+
+
 def test_decode_copies_the_reread_text(tiny_loaded, monkeypatch):
     """Through the engine: after a question that recall answered, decode consults the rule with the re-read ids;
     cache.recall_copy=0 turns it off."""

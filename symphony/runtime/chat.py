@@ -58,7 +58,7 @@ def recalled(engine: StreamingEngine, stream: Stream, query: str) -> list[int]:
 def ask(engine: StreamingEngine, stream: Stream, text: str, after: str) -> None:
     """Feed a user message's text (preceded by any recalled spans) and the template's closing."""
     spans = recalled(engine, stream, text)
-    stream.reread = spans
+    stream.reread, stream.reply_prefix = spans, []
     start = stream.tokens_seen
     if spans:
         engine.ingest(stream, spans + engine.encode("\n").tolist())
@@ -81,7 +81,8 @@ def answer(engine: StreamingEngine, question: str, document: str | list[int] | t
         question = "\n\n" + question
     ask(engine, stream, question, after)
     if reply_prefix:
-        engine.ingest(stream, engine.encode(reply_prefix))
+        stream.reply_prefix = engine.encode(reply_prefix).tolist()
+        engine.ingest(stream, torch.tensor(stream.reply_prefix))
     return engine.tokenizer.decode(engine.decode(stream, max_new_tokens, **sampling), skip_special_tokens=True)
 
 

@@ -1,12 +1,21 @@
 """Exact copying: a reply that has started to copy re-read text goes on copying it, token for token.
 
 A small model reading a fact right before the question knows *what* to answer but can drop or change a
-character of a long value (6373544 -> 637354, a UUID cut short). Once the reply's last `min_match` tokens occur
-in the source (the text recall re-read), the token that follows them there is taken instead of the model's
-choice, provided the model ranks it among its `top_k`: the model still decides whether to copy and where the
-copy ends (a continuation it finds implausible is never forced), the source decides the characters.
-Where the reply's tail occurs more than once, the occurrences matching the longest tail win, and among their
-continuations the one the model prefers.
+character of a long value (6373544 -> 637354, a UUID cut short), or, with many look-alike facts in view, start
+the value of the wrong one. Two rules, both on the assistant's turn so far (a reply prefix, if any, then the
+generated tokens), both only where the model itself ranks the source's token among its `top_k`:
+
+- **continue**: once the turn's last `min_match` tokens occur in the source (the text recall re-read), the token
+  that follows them there is taken instead of the model's choice. Where the tail occurs more than once, the
+  occurrences matching the longest tail win, and among their continuations the one the model prefers. A copy
+  ends with its fact (`breaks`: the newline between re-read facts); the model decides what comes after.
+- **resume**: where the turn restated a run of the source (the asked key, `min_match` tokens or more) and then
+  went on in its own words ("... mentioned in the provided text is"), within `gap` tokens, the copy may resume
+  at one of the `lead` source tokens after that run (" is", ":", the value's first token), if the model rates it
+  within `margin` (logits) of its own choice, never past the end of the fact. The copy then continues from there.
+
+The model still decides whether to copy and where the copy ends (a continuation it finds implausible is never
+forced); the source decides the characters.
 """
 from __future__ import annotations
 
@@ -14,34 +23,81 @@ import torch
 
 
 class CopyRule:
-    def __init__(self, source: list[int], min_match: int = 3, top_k: int = 5, max_match: int = 64):
+    def __init__(self, source: list[int], min_match: int = 3, top_k: int = 5, max_match: int = 64,
+                 prefix: list[int] | tuple[int, ...] = (), gap: int = 8, lead: int = 3, margin: float = 2.0,
+                 breaks: list[int] | tuple[int, ...] = ()):
         self.source = [int(t) for t in source]
+        self.prefix = [int(t) for t in prefix]  # the turn's start before the generated tokens (a reply prefix)
         self.min_match, self.top_k, self.max_match = max(1, min_match), max(1, top_k), max_match
+        self.gap, self.lead, self.margin = gap, lead, margin
+        self.breaks = set(breaks)  # tokens between re-read facts: a resumed copy never starts past one
         self._at: dict[tuple[int, ...], list[int]] = {}  # the `min_match` tokens -> where they end in the source
         for end in range(self.min_match, len(self.source)):
             self._at.setdefault(tuple(self.source[end - self.min_match:end]), []).append(end)
+        self._next: int | None = None  # the source position a copy in progress continues at
 
-    def continuations(self, reply: list[int]) -> list[int]:
-        """Tokens that continue the longest tail of `reply` found in the source (none below `min_match`)."""
-        if len(reply) < self.min_match:
+    def _tail_positions(self, turn: list[int]) -> list[int]:
+        """Source positions that continue the longest tail of `turn` found there (none below `min_match`)."""
+        if len(turn) < self.min_match:
             return []
-        ends = self._at.get(tuple(reply[-self.min_match:]), [])
+        ends = self._at.get(tuple(turn[-self.min_match:]), [])
         best, found = 0, []
         for end in ends:
             n = self.min_match
-            while n < min(len(reply), end, self.max_match) and self.source[end - n - 1] == reply[-n - 1]:
+            while n < min(len(turn), end, self.max_match) and self.source[end - n - 1] == turn[-n - 1]:
                 n += 1
             if n > best:
                 best, found = n, []
             if n == best:
-                found.append(self.source[end])
-        return list(dict.fromkeys(found))
+                found.append(end)
+        return [p for p in found if self._within_fact(p)]
+
+    def _within_fact(self, p: int) -> bool:
+        """A copy ends with its fact: never into the break after it, nor on into the next fact."""
+        return self.source[p] not in self.breaks and (p == 0 or self.source[p - 1] not in self.breaks)
+
+    def _resume_positions(self, turn: list[int]) -> list[int]:
+        """The `lead` source positions after the latest source run the turn restated within its last `gap` tokens."""
+        for e in range(len(turn) - 1, max(self.min_match, len(turn) - self.gap) - 1, -1):
+            ends = self._at.get(tuple(turn[e - self.min_match:e]), [])
+            if ends:
+                return [p for end in ends for p in self._lead(end)]
+        return []
+
+    def _lead(self, end: int):
+        for p in range(end, min(end + self.lead, len(self.source))):
+            if not self._within_fact(p):
+                return
+            yield p
+
+    def continuations(self, reply: list[int]) -> list[int]:
+        """Tokens that continue the longest tail of the turn (prefix + `reply`) found in the source."""
+        return list(dict.fromkeys(self.source[p] for p in self._tail_positions(self.prefix + list(reply))))
 
     def choose(self, reply: list[int], logits: torch.Tensor, chosen: int) -> int:
-        """The next token: a continuation of the copy the model ranks within its top `top_k`, else `chosen`."""
-        options = self.continuations(reply)
-        if not options or chosen in options:
+        """The next token: the continued or resumed copy's token where the model ranks it high enough, else
+        `chosen`."""
+        turn = self.prefix + list(reply)
+        positions, resuming = self._tail_positions(turn), False
+        if not positions and self._next is not None and turn and self._next < len(self.source) \
+                and self.source[self._next - 1] == turn[-1]:
+            # a resumed copy goes on before its own tail is `min_match` long
+            positions = [self._next] if self._within_fact(self._next) else []
+        if not positions:
+            positions, resuming = self._resume_positions(turn), True
+        self._next = None
+        if not positions:
             return chosen
-        top = torch.topk(logits.float(), min(self.top_k, logits.numel())).indices.tolist()
-        ranked = [t for t in top if t in options]
-        return ranked[0] if ranked else chosen
+        top = torch.topk(logits.float(), min(self.top_k, logits.numel()))
+        floor = float(top.values[0]) - self.margin if resuming else float("-inf")
+        ranked = [t for t, v in zip(top.indices.tolist(), top.values.tolist()) if v >= floor]
+        options = {self.source[p] for p in positions}
+        if chosen in options:
+            token = chosen
+        else:
+            picks = [t for t in ranked if t in options]
+            if not picks:
+                return chosen
+            token = picks[0]
+        self._next = next(p for p in positions if self.source[p] == token) + 1
+        return token

@@ -314,7 +314,8 @@ class StreamingEngine:
         """Sample up to `max_new_tokens` after what the stream has seen; greedy when temperature == 0.
         The cache is compacted every `segment_len` new tokens, so generation length is unbounded too.
         After a question that recall answered, a reply that copies the re-read text keeps copying it exactly
-        (`copying.CopyRule`; `cache.recall_copy` tokens must match first, 0 = off)."""
+        (`copying.CopyRule`: it continues a copy once `cache.recall_copy` tokens match, or resumes one right after
+        the reply restated the asked key; 0 = off)."""
         if stream.last_logits is None:
             raise ValueError("nothing to continue from: ingest a prompt first")
         stop = set(stop_ids if stop_ids is not None else self.stop_ids())
@@ -322,7 +323,8 @@ class StreamingEngine:
         cap = self.capacity
         start = stream.tokens_seen
         copying = stream.reread and self.cache_cfg.recall_copy
-        copy = CopyRule(stream.reread, self.cache_cfg.recall_copy) if copying else None
+        copy = CopyRule(stream.reread, self.cache_cfg.recall_copy, prefix=stream.reply_prefix,
+                        breaks=self.encode("\n").tolist()) if copying else None
         for _ in range(max_new_tokens):
             token = sample(stream.last_logits, temperature, top_p, generator)
             if copy is not None:

@@ -35,6 +35,7 @@ class Stream:
     # and would out-cover the archived fact); ranges older than the window are dropped
     conversation: list[tuple[int, int]] = field(default_factory=list)
     reread: list[int] = field(default_factory=list)  # token ids recall re-read for the last question (copy source)
+    reply_prefix: list[int] = field(default_factory=list)  # the reply's start fed with the question (RULER's)
 
     @property
     def occupied(self) -> int:
