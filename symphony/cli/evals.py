@@ -96,7 +96,8 @@ def needle(cfg, methods, out, resume, memory_limit, lengths, depths, trials, see
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seeds the samples: the same (task, length, sample) is the same input for every method and run.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
-              help="Longest answer, in tokens (greedy). Default: per task, 16 to 64.")
+              help="Longest answer, in tokens (greedy). Default: per task, RULER's "
+                   "(niah 128, vt 30, the paraphrased facts 32).")
 def ruler(cfg, methods, out, resume, memory_limit, tasks, lengths, samples, haystack, seed, max_new_tokens):
     """RULER-style recall suite (Hsieh et al. 2024): synthetic retrieval tasks over context length.
 
