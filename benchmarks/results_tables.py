@@ -236,12 +236,17 @@ front of the question and the 135M model answered wrong."""
 
 
 def ruler(root: Path) -> None:
-    for hay in sorted(p for p in (root / "ruler").iterdir() if p.is_dir()):
+    from symphony.evaluation.ruler_tasks import TASKS
+
+    order = {t: i for i, t in enumerate(TASKS)}
+    done: dict[str, set[str]] = {}
+    for hay in sorted((p for p in (root / "ruler").iterdir() if p.is_dir()), key=lambda p: p.name != "builtin"):
         rows = [dict(r, step=step.name) for step in sorted(hay.iterdir()) if (step / "ruler.json").is_file()
                 for r in load(step / "ruler.json")["rows"] if r.get("status") == "ok"]
         if not rows:
             continue
-        tasks = list(dict.fromkeys(r["task"] for r in rows))
+        tasks = sorted(dict.fromkeys(r["task"] for r in rows), key=lambda t: order.get(t, len(order)))
+        done[hay.name] = set(tasks)
         cols = [c for c in RULER_COLUMNS if any(r["step"] == c[0] and r["method"] == c[1] for r in rows)]
         print(f"\n**Haystack: {hay.name}**\n")
         print("| task | " + " | ".join(c[2] for c in cols) + " | re-read whole, Symphony 16k |")
@@ -254,6 +259,11 @@ def ruler(root: Path) -> None:
             sym = [r for r in rows if r["task"] == t and r["step"] == "16k" and r["method"] == "symphony"]
             whole = sum(r.get("facts_reread", 0) == len(r["references"]) for r in sym)
             print(f"| {t} | " + " | ".join(cells) + (f" | {whole}/{len(sym)} |" if sym else " | |"))
+        elsewhere = [t for t in done.get("builtin", ()) if t not in done[hay.name] and TASKS[t].haystack != "essay"]
+        if hay.name != "builtin" and elsewhere:
+            print(f"\n{', '.join(sorted(elsewhere, key=order.get))}: not run here; they read RULER's noise text or "
+                  "needles only, never the haystack, so their inputs are those of the builtin table.")
+
         def mean(t, step, method):
             got = [r["score"] for r in rows if r["task"] == t and r["step"] == step and r["method"] == method]
             return sum(got) / len(got) if got else None
@@ -274,6 +284,12 @@ def ruler(root: Path) -> None:
                   f"{', '.join(dict.fromkeys(r['task'] for r in nocopy))}: exact answers "
                   f"{sum(bool(a['exact']) for a, _ in pairs)}/{len(pairs)} with it, "
                   f"{sum(bool(b['exact']) for _, b in pairs)}/{len(pairs)} without.")
+        kept = [r for r in rows if r.get("kept_from")]
+        if kept:
+            print(f"\n{len(kept)} of the 4k full/sinks rows were kept from the run of commit "
+                  f"{', '.join(sorted({r['kept_from'] for r in kept}))}, which had shorter answer budgets (16-64 "
+                  "tokens): only rows whose reply had ended before that budget, so the same inputs and greedy "
+                  "decoding give the same reply.")
 
 
 def render(root: Path) -> str:

@@ -106,7 +106,7 @@ def run_ruler(cfg, methods: list[str], out: Path, resume: bool = False, memory_l
                            world=world)
 
     run = start_run(cfg, store, methods, memory_limit, world, "ruler", seed, haystack, max_new_tokens or
-                    {t: TASKS[t].max_new_tokens for t in tasks},
+                    {t: TASKS[t].max_new_tokens for t in TASKS},
                     {}, dict(tasks=tasks, lengths=lengths, samples=samples, methods=methods))
     corpus, base_engine, engines, limit, base = run.corpus, run.engine, run.engines, run.limit, run.base
     model, tok, device, window = base_engine.model, base_engine.tokenizer, base_engine.device, run.window

@@ -266,19 +266,21 @@ class Task:
     build: Callable[..., Sample]
     max_new_tokens: int  # RULER's tokens_to_generate (niah 128, vt 30; qa's 32 for the paraphrased facts)
     about: str
+    haystack: str = "essay"  # what fills the context: the essay (--haystack), RULER's noise text, or needles only
 
 
 TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("niah_single_1", partial(niah, haystack="noise"), 128, "noise haystack, word key, 7-digit number"),
+    Task("niah_single_1", partial(niah, haystack="noise"), 128, "noise haystack, word key, 7-digit number", "noise"),
     Task("niah_single_2", partial(niah), 128, "essay haystack, word key, number"),
     Task("niah_single_3", partial(niah, value="uuid"), 128, "essay haystack, word key, uuid"),
     Task("niah_multikey_1", partial(niah, keys=4), 128, "essay haystack, 3 distractor needles with other keys"),
-    Task("niah_multikey_2", partial(niah, haystack="needles"), 128, "needles only, word keys, numbers"),
+    Task("niah_multikey_2", partial(niah, haystack="needles"), 128, "needles only, word keys, numbers", "needles"),
     Task("niah_multikey_3", partial(niah, haystack="needles", key="uuid", value="uuid"), 128,
-         "needles only, uuid keys, uuids"),
+         "needles only, uuid keys, uuids", "needles"),
     Task("niah_multivalue", partial(niah, values=4), 128, "essay haystack, 4 values under one key, all asked"),
     Task("niah_multiquery", partial(niah, keys=4, queries=4), 128, "essay haystack, 4 keys asked in one question"),
-    Task("vt", partial(variable_tracking), 30, "variable tracking: a 4-hop chain of VAR assignments"),
+    Task("vt", partial(variable_tracking), 30, "variable tracking: a 4-hop chain of VAR assignments",
+         "noise"),
     Task("paraphrase", partial(paraphrase), 32, "a fact asked about in other words (NoLiMa-style)"),
     Task("paraphrase_distractors", partial(paraphrase, distractors=3), 32,
          "paraphrase with 3 look-alike facts (other names)"),
