@@ -150,17 +150,23 @@ def test_copy_resumes_after_a_reply_prefix_that_restated_the_key():
     from the window is its first choice), and continues to the end of the fact, not into the next one."""
     key, value, other, NL = [40, 41, 42], [50, 51, 52, 53], [60, 61], 9
     source = [30, 31] + key + [32, 33] + value + [DOT, NL] + [30, 31, 70, 71, 72, 32, 33, 80, 81, DOT, NL]
-    rule = CopyRule(source, min_match=3, prefix=[30, 31] + key + [34, 35, 32], breaks=[NL])
+    content = torch.ones(100, dtype=torch.bool)
+    content[[DOT, NL]] = False
+    rule = CopyRule(source, min_match=3, prefix=[30, 31] + key + [34, 35, 32], breaks=[NL], content=content)
     reply: list[int] = []
-    for want in [33] + value + [DOT]:
+    for want in [33] + value:
         logits = torch.zeros(100)
         logits[other[0] if not reply else 99] = 6.0  # the model's own pick: a look-alike's value
         logits[want] = 4.5  # within the margin
         reply.append(rule.choose(reply, logits, int(torch.argmax(logits))))
-    assert reply == [33] + value + [DOT]
+    assert reply == [33] + value
+    layout = torch.zeros(100)
+    layout[NL], layout[DOT] = 6.0, 5.0  # the model ends the value with a line break (a list), not the full stop
+    assert rule.choose(reply, layout, NL) == NL  # punctuation and layout stay the model's
+    assert rule.choose(reply, layout, DOT) == DOT
     nxt = torch.zeros(100)
     nxt[99], nxt[NL], nxt[30] = 6.0, 5.0, 5.0
-    assert rule.choose(reply, nxt, 99) == 99  # the fact ended: no copy past the newline into the next fact
+    assert rule.choose(reply + [DOT], nxt, 99) == 99  # the fact ended: no copy past the newline into the next
     # far below the model's choice (beyond the margin), or no restated key: the model's token stands
     low = torch.zeros(100)
     low[other[0]], low[33] = 9.0, 4.5

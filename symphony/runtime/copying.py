@@ -15,7 +15,9 @@ generated tokens), both only where the model itself ranks the source's token amo
   within `margin` (logits) of its own choice, never past the end of the fact. The copy then continues from there.
 
 The model still decides whether to copy and where the copy ends (a continuation it finds implausible is never
-forced); the source decides the characters.
+forced), and punctuation and layout (`content`: only tokens with a letter or digit are put in place of its
+choice, so a list of values keeps the model's line breaks rather than each fact's full stop); the source decides
+the characters of what it copies.
 """
 from __future__ import annotations
 
@@ -25,12 +27,13 @@ import torch
 class CopyRule:
     def __init__(self, source: list[int], min_match: int = 3, top_k: int = 5, max_match: int = 64,
                  prefix: list[int] | tuple[int, ...] = (), gap: int = 8, lead: int = 3, margin: float = 2.0,
-                 breaks: list[int] | tuple[int, ...] = ()):
+                 breaks: list[int] | tuple[int, ...] = (), content: torch.Tensor | None = None):
         self.source = [int(t) for t in source]
         self.prefix = [int(t) for t in prefix]  # the turn's start before the generated tokens (a reply prefix)
         self.min_match, self.top_k, self.max_match = max(1, min_match), max(1, top_k), max_match
         self.gap, self.lead, self.margin = gap, lead, margin
         self.breaks = set(breaks)  # tokens between re-read facts: a resumed copy never starts past one
+        self.content = content  # bool [V]: tokens the rule may put in place of the model's (letters, digits)
         self._at: dict[tuple[int, ...], list[int]] = {}  # the `min_match` tokens -> where they end in the source
         for end in range(self.min_match, len(self.source)):
             self._at.setdefault(tuple(self.source[end - self.min_match:end]), []).append(end)
@@ -70,6 +73,9 @@ class CopyRule:
                 return
             yield p
 
+    def _is_content(self, t: int) -> bool:
+        return self.content is None or not 0 <= t < len(self.content) or bool(self.content[t])
+
     def continuations(self, reply: list[int]) -> list[int]:
         """Tokens that continue the longest tail of the turn (prefix + `reply`) found in the source."""
         return list(dict.fromkeys(self.source[p] for p in self._tail_positions(self.prefix + list(reply))))
@@ -95,7 +101,7 @@ class CopyRule:
         if chosen in options:
             token = chosen
         else:
-            picks = [t for t in ranked if t in options]
+            picks = [t for t in ranked if t in options and self._is_content(t)]
             if not picks:
                 return chosen
             token = picks[0]

@@ -33,12 +33,14 @@ SENTENCE_PUNCT = (".", "!", "?")
 class TokenKinds:
     """What recall needs to know of one tokenizer's vocabulary (bool [V] each). Text is cut into units after
     a token that holds a line break, or after one that ends in . ! ? when whitespace follows (so `3.14` and
-    `example.com` stay whole); hops follow names, pairs of `word` tokens (letters, maybe after a space)."""
+    `example.com` stay whole); hops follow names, pairs of `word` tokens (letters, maybe after a space);
+    `content` tokens hold a letter or digit (the copy rule only ever puts those in place of the model's)."""
 
     newline: torch.Tensor
     punct: torch.Tensor
     space_start: torch.Tensor
     word: torch.Tensor
+    content: torch.Tensor | None = None
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> TokenKinds:
@@ -47,7 +49,8 @@ class TokenKinds:
         return cls(torch.tensor(["\n" in t for t in texts]),
                    torch.tensor([t.rstrip(" ").endswith(SENTENCE_PUNCT) for t in texts]),
                    torch.tensor([t[:1].isspace() for t in texts]),
-                   torch.tensor([t.lstrip(" ").isalpha() for t in texts]))
+                   torch.tensor([t.lstrip(" ").isalpha() for t in texts]),
+                   torch.tensor([any(c.isalnum() for c in t) for t in texts]))
 
     def after(self, ids: torch.Tensor) -> torch.Tensor:
         """bool [n]: whether a unit ends after each token of `ids` (a run of consecutive text; its last
