@@ -286,10 +286,12 @@ def ruler(root: Path) -> None:
                   f"{sum(bool(b['exact']) for _, b in pairs)}/{len(pairs)} without.")
         kept = [r for r in rows if r.get("kept_from")]
         if kept:
-            print(f"\n{len(kept)} of the 4k full/sinks rows were kept from the run of commit "
+            where = ", ".join(sorted({f"{r['step']} {r['method']}" for r in kept}))
+            print(f"\n{len(kept)} rows ({where}) were kept from the run of commit "
                   f"{', '.join(sorted({r['kept_from'] for r in kept}))}, which had shorter answer budgets (16-64 "
-                  "tokens): only rows whose reply had ended before that budget, so the same inputs and greedy "
-                  "decoding give the same reply.")
+                  "tokens) and an earlier copy rule that these rows do not use (no recall, or the rule off): "
+                  "only rows whose reply had ended before that budget, so the same inputs and greedy decoding "
+                  "give the same reply.")
 
 
 def render(root: Path) -> str:
