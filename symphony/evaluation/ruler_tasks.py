@@ -269,18 +269,21 @@ class Task:
     haystack: str = "essay"  # what fills the context: the essay (--haystack), RULER's noise text, or needles only
 
 
+def _niah(name: str, about: str, haystack: str = "essay", **shape) -> Task:
+    """A RULER niah task: the haystack it reads is named once, for the builder and for the run's task choice."""
+    return Task(name, partial(niah, haystack=haystack, **shape), 128, about, haystack)
+
+
 TASKS: dict[str, Task] = {t.name: t for t in [
-    Task("niah_single_1", partial(niah, haystack="noise"), 128, "noise haystack, word key, 7-digit number", "noise"),
-    Task("niah_single_2", partial(niah), 128, "essay haystack, word key, number"),
-    Task("niah_single_3", partial(niah, value="uuid"), 128, "essay haystack, word key, uuid"),
-    Task("niah_multikey_1", partial(niah, keys=4), 128, "essay haystack, 3 distractor needles with other keys"),
-    Task("niah_multikey_2", partial(niah, haystack="needles"), 128, "needles only, word keys, numbers", "needles"),
-    Task("niah_multikey_3", partial(niah, haystack="needles", key="uuid", value="uuid"), 128,
-         "needles only, uuid keys, uuids", "needles"),
-    Task("niah_multivalue", partial(niah, values=4), 128, "essay haystack, 4 values under one key, all asked"),
-    Task("niah_multiquery", partial(niah, keys=4, queries=4), 128, "essay haystack, 4 keys asked in one question"),
-    Task("vt", partial(variable_tracking), 30, "variable tracking: a 4-hop chain of VAR assignments",
-         "noise"),
+    _niah("niah_single_1", "noise haystack, word key, 7-digit number", "noise"),
+    _niah("niah_single_2", "essay haystack, word key, number"),
+    _niah("niah_single_3", "essay haystack, word key, uuid", value="uuid"),
+    _niah("niah_multikey_1", "essay haystack, 3 distractor needles with other keys", keys=4),
+    _niah("niah_multikey_2", "needles only, word keys, numbers", "needles"),
+    _niah("niah_multikey_3", "needles only, uuid keys, uuids", "needles", key="uuid", value="uuid"),
+    _niah("niah_multivalue", "essay haystack, 4 values under one key, all asked", values=4),
+    _niah("niah_multiquery", "essay haystack, 4 keys asked in one question", keys=4, queries=4),
+    Task("vt", partial(variable_tracking), 30, "variable tracking: a 4-hop chain of VAR assignments", "noise"),
     Task("paraphrase", partial(paraphrase), 32, "a fact asked about in other words (NoLiMa-style)"),
     Task("paraphrase_distractors", partial(paraphrase, distractors=3), 32,
          "paraphrase with 3 look-alike facts (other names)"),

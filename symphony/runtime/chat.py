@@ -37,6 +37,14 @@ def token_kinds(engine: StreamingEngine) -> TokenKinds:
     return kinds
 
 
+def line_break(engine: StreamingEngine) -> list[int]:
+    """The token ids of "\\n": what separates re-read facts (and ends a copy), once per engine."""
+    ids = getattr(engine, "_line_break", None)
+    if ids is None:
+        ids = engine._line_break = engine.encode("\n").tolist()
+    return ids
+
+
 def recalled(engine: StreamingEngine, stream: Stream, query: str) -> list[int]:
     """Token ids of evicted spans relevant to `query`, ready to re-read (empty without a recall ledger)."""
     if stream.recall is None or len(stream.recall) == 0:
@@ -51,7 +59,7 @@ def recalled(engine: StreamingEngine, stream: Stream, query: str) -> list[int]:
     runs = stream.recall.search(engine.encode(query).tolist(), c.recall_budget, min_gain=c.recall_min_gain,
                                 live=(pos[document], ids[document]), kinds=token_kinds(engine),
                                 hops=c.recall_hops)
-    sep = engine.encode("\n").tolist()
+    sep = line_break(engine)
     return [t for run in runs for t in run + sep]
 
 
@@ -61,7 +69,7 @@ def ask(engine: StreamingEngine, stream: Stream, text: str, after: str) -> None:
     stream.reread, stream.reply_prefix = spans, []
     start = stream.tokens_seen
     if spans:
-        engine.ingest(stream, spans + engine.encode("\n").tolist())
+        engine.ingest(stream, spans + line_break(engine))
     engine.ingest(stream, engine.encode(text + after))
     if stream.recall is not None:  # only recall reads it (and prunes it to the window)
         stream.conversation.append((start, stream.tokens_seen))

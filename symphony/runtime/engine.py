@@ -324,7 +324,7 @@ class StreamingEngine:
         start = stream.tokens_seen
         copying = stream.reread and self.cache_cfg.recall_copy
         copy = CopyRule(stream.reread, self.cache_cfg.recall_copy, prefix=stream.reply_prefix,
-                        breaks=self.encode("\n").tolist(),
+                        breaks=chat.line_break(self),
                         content=chat.token_kinds(self).content) if copying else None
         for _ in range(max_new_tokens):
             token = sample(stream.last_logits, temperature, top_p, generator)
