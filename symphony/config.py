@@ -75,17 +75,18 @@ class CacheConfig:
     # a reply whose last this-many tokens match the re-read text continues it exactly (runtime/copying.py); 0 = off
     recall_copy: int = 3
 
-    def recall_spans(self) -> int:
+    def recall_spans(self, summary_bytes: int = 0) -> int:
         """Spans the in-RAM recall archive has room for (0: recall off): when `recall_tokens` is set (>= 0), that many
-        token ids' worth (at least one span), else `recall_bytes` over one span's bytes."""
+        token ids' worth (at least one span), else `recall_bytes` over one span's bytes (`summary_bytes`: the
+        retriever's summary per span, when the model has one)."""
         if self.recall_tokens >= 0:
             return max(1, self.recall_tokens // max(1, self.span_len)) if self.recall_tokens else 0
-        return parse_size(self.recall_bytes) // recall_span_nbytes(self.span_len)
+        return parse_size(self.recall_bytes) // recall_span_nbytes(self.span_len, summary_bytes)
 
-    def recall_nbytes(self) -> int:
+    def recall_nbytes(self, summary_bytes: int = 0) -> int:
         """Bytes of the in-RAM recall archive, fixed by the config (0: off); a disk-backed archive
         (`recall_path`) preallocates none and grows on disk instead."""
-        return self.recall_spans() * recall_span_nbytes(self.span_len)
+        return self.recall_spans(summary_bytes) * recall_span_nbytes(self.span_len, summary_bytes)
 
 
 # the recall archive's layout (symphony/runtime/recall.py): an int32 id per token, an int64 stream start and a
@@ -93,8 +94,9 @@ class CacheConfig:
 RECALL_ID_BYTES, RECALL_SPAN_BYTES = 4, 12
 
 
-def recall_span_nbytes(span_len: int) -> int:
-    return RECALL_ID_BYTES * max(1, span_len) + RECALL_SPAN_BYTES
+def recall_span_nbytes(span_len: int, summary_bytes: int = 0) -> int:
+    """Bytes one archived span takes: its ids, start and salience, and the HEP-DNA retriever's summary (int8)."""
+    return RECALL_ID_BYTES * max(1, span_len) + RECALL_SPAN_BYTES + max(0, summary_bytes)
 
 
 @dataclass
@@ -140,6 +142,10 @@ class MemoryConfig:
     chunk_size: int = 64  # tokens per chunk of the FHRR scan / per Titans surprise step
     gate_init: float = 0.0  # adapter gate at injection; 0.0 makes the injected model exactly the base model
     copy_head: bool = True  # the copy head: trained (phases 5-7) and mixed into decoding; false: neither (router only)
+    # HEP-DNA retriever (symphony/memory/retriever.py): bytes of the learned summary each archived span keeps
+    # (int8), 0 = none; `retriever_layer` indexes the model's hidden states (-1: the final, normed ones)
+    retriever_dim: int = 0
+    retriever_layer: int = -1
     persistent_tokens: int = 0  # learned persistent-memory tokens per task, fixed first cache slots (0 = off)
     num_tasks: int = 1  # persistent-memory tasks (chat/generate --task-id, SymphonyModel task_ids)
     checkpoint: str = ""  # trained adapters to load (a phase run's DIR, DIR/final or DIR/phaseN); their own
@@ -216,7 +222,7 @@ def flat_memory_dict(mem: MemoryConfig) -> dict[str, Any]:
     return out
 
 
-TASKS = ("lm", "needle", "multikey", "passkey", "kv", "copy")
+TASKS = ("lm", "needle", "multikey", "passkey", "kv", "copy", "paraphrase")
 
 
 @dataclass
@@ -227,7 +233,7 @@ class DataConfig:
     lengths: str = "1024,2048"  # sample lengths in tokens, comma-separated (samples cycle through them)
     train_samples: int = 64
     dev_samples: int = 8
-    tasks: str = "lm,needle,multikey,passkey,kv,copy"  # the mix, cycled: lm = plain long document
+    tasks: str = "lm,needle,multikey,passkey,kv,copy,paraphrase"  # the mix, cycled: lm = plain long document
     distractors: int = 3  # other keys planted beside the asked one (multikey, kv)
 
 
@@ -238,6 +244,7 @@ class TrainConfig:
     max_steps: int = 0  # >0: at most this many optimizer steps in every training phase
     phase4_steps: int = 200  # coarse pre-training of the FHRR/Titans adapters (LM loss on long documents)
     phase5_steps: int = 200  # HEP-DNA: salience router + copy head on the synthetic tasks
+    retriever_steps: int = 300  # HEP-DNA retriever (phase 5, when memory.retriever_dim > 0): projection steps
     phase6_steps: int = 100  # long-range calibration, per curriculum stage
     phase7_steps: int = 200  # joint fine-tuning of every memory part
     curriculum: str = "1024,2048"  # phase 6: sample lengths of the stages, in order

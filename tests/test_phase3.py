@@ -18,7 +18,7 @@ from symphony.models.tiny import byte_tokenizer
 from symphony.pipeline.runs import manifest_path, phase_dir
 
 # the byte tokenizer spends a token per byte: 384 leaves room for 3 distractor needles plus text
-SMALL = ["data.lengths=384,768", "data.train_samples=12", "data.dev_samples=6"]
+SMALL = ["data.lengths=384,768", "data.train_samples=14", "data.dev_samples=7"]  # each kind twice, once
 LENGTHS = (384, 768)
 
 
@@ -117,9 +117,9 @@ def test_load_split_missing_or_corrupt(tmp_path, built):
 
 
 def test_sample_plan_mixes_kinds_and_lengths():
-    plan = sample_plan(12, list(TASKS), [1, 2])
+    plan = sample_plan(2 * len(TASKS), list(TASKS), [1, 2])
     assert [k for k, _ in plan] == list(TASKS) * 2
-    assert {length for _, length in plan[:6]} == {1, 2}  # one cycle of kinds already mixes lengths
+    assert {length for _, length in plan[:len(TASKS)]} == {1, 2}  # one cycle of kinds already mixes lengths
     for kind in TASKS:
         assert sorted(length for k, length in plan if k == kind) == [1, 2]
 
@@ -135,9 +135,9 @@ def test_manifest_and_layout(built):
     assert len(on_disk["fingerprint"]) == 16
     assert on_disk["columns"] == list(COLUMNS) and list(train.column_names) == list(COLUMNS)
     s = on_disk["splits"]
-    assert s["train"]["samples"] == 12 == len(train) and s["dev"]["samples"] == 6 == len(dev)
+    assert s["train"]["samples"] == 14 == len(train) and s["dev"]["samples"] == 7 == len(dev)
     assert s["train"]["kinds"] == {k: 2 for k in TASKS} and s["dev"]["kinds"] == {k: 1 for k in TASKS}
-    assert s["train"]["lengths"] == {"384": 6, "768": 6}
+    assert s["train"]["lengths"] == {"384": 7, "768": 7}
     assert s["train"]["tokens"] == sum(len(r["input_ids"]) for r in rows(train))
     assert s["train"]["loss_tokens"] == sum(sum(r["loss_mask"]) for r in rows(train))
     assert s["train"]["keep_tokens"] == sum(sum(r["keep_mask"]) for r in rows(train))
@@ -284,7 +284,7 @@ def test_failed_rebuild_keeps_the_old_dataset(run_dir, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run3(tiny("data.dev_samples=3"), run_dir, force=True)
     assert manifest_path(run_dir, 3).read_bytes() == before
-    assert len(load_split(run_dir, "dev")) == 6
+    assert len(load_split(run_dir, "dev")) == 7
     assert sorted(p.name for p in phase_dir(run_dir, 3).iterdir()) == ["dev", "manifest.json", "train"]
 
 
@@ -297,7 +297,7 @@ def test_cli_end_to_end(tmp_path):
     res = invoke("run-phase", 3, "-c", "tiny", "-r", tmp_path, *sets)
     assert res.exit_code == 0, res.output
     assert f"phase 3 (dataset): written -> {manifest_path(tmp_path, 3)}" in res.stdout
-    assert len(load_split(tmp_path, "train")) == 12 and len(load_split(tmp_path, "dev")) == 6
+    assert len(load_split(tmp_path, "train")) == 14 and len(load_split(tmp_path, "dev")) == 7
 
     res = invoke("run-phase", 3, "-c", "tiny", "-r", tmp_path, *sets)
     assert res.exit_code == 0, res.output
@@ -333,3 +333,12 @@ def test_tasks_with_the_embedded_tokenizer(embedded_model_dir):
             assert tok.decode(s.input_ids[s.answer_start:], skip_special_tokens=True).startswith(s.answer)
             assert s.input_ids[-1] == tok.eos_token_id
             assert s.answer in tok.decode([t for t, k in zip(s.input_ids, s.keep_mask) if k])
+            start, end, doc_end = s.retrieval  # the asked fact, where the retriever trains to find it
+            assert s.answer in tok.decode(s.input_ids[start:end]) and end <= doc_end < s.answer_start
+            assert s.question in tok.decode(s.input_ids[doc_end:s.answer_start])
+        if kind == "paraphrase":  # worded unlike its fact: no shared word but the name
+            import re
+
+            words = lambda t: set(re.findall(r"[a-z]{4,}", t.lower()))  # noqa: E731
+            fact, question = tok.decode(s.input_ids[start:end]), s.question
+            assert len(words(fact) & words(question)) == 1, (fact, question)

@@ -20,8 +20,10 @@ from symphony.memory.adapter import ATTR, MemoryAdapter
 from symphony.memory.kinds import NONE, build_memory
 from symphony.memory.persistent import PERSISTENT_ATTR, PersistentMemory, persistent_memory
 from symphony.memory.pointer import PointerHeads
+from symphony.memory.retriever import SpanRetriever
 
 POINTER_ATTR = "symphony_pointer"
+RETRIEVER_ATTR = "symphony_retriever"
 
 
 # ---- finding things on a model -----------------------------------------------------------------------
@@ -49,8 +51,13 @@ def pointer_heads(model: nn.Module) -> PointerHeads | None:
     return getattr(model, POINTER_ATTR, None)
 
 
+def retriever_of(model: nn.Module) -> SpanRetriever | None:
+    return getattr(model, RETRIEVER_ATTR, None)
+
+
 def has_memory(model: nn.Module) -> bool:
-    return bool(memory_adapters(model)) or pointer_heads(model) is not None or persistent_memory(model) is not None
+    return (bool(memory_adapters(model)) or pointer_heads(model) is not None or persistent_memory(model) is not None
+            or retriever_of(model) is not None)
 
 
 # ---- per-stream memory state -------------------------------------------------------------------------
@@ -102,7 +109,8 @@ def _branch_placement(module: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 def inject(model: nn.Module, mem_cfg: MemoryConfig, seed: int = 0) -> list[MemoryAdapter]:
     """Freeze `model` and attach zero-gated memory adapters (and the pointer heads when `mem_cfg.pointer`, the
-    persistent memory as `model.symphony_persistent` when `mem_cfg.persistent_tokens > 0`).
+    retriever when `mem_cfg.retriever_dim > 0`, the persistent memory as `model.symphony_persistent` when
+    `mem_cfg.persistent_tokens > 0`).
 
     Only the new parameters require grad. Initialisation is seeded (same seed, same adapters) and does not
     touch the global RNG. Returns the adapters in layer order ([] for kind none)."""
@@ -131,6 +139,10 @@ def inject(model: nn.Module, mem_cfg: MemoryConfig, seed: int = 0) -> list[Memor
             device, dtype = _branch_placement(model)
             embed = model.get_input_embeddings().embedding_dim
             setattr(model, POINTER_ATTR, PointerHeads(dim, embed).to(device=device, dtype=dtype))
+        if mem_cfg.retriever_dim > 0:
+            device, _ = _branch_placement(model)
+            retriever = SpanRetriever(dim, mem_cfg.retriever_dim, mem_cfg.retriever_layer)
+            setattr(model, RETRIEVER_ATTR, retriever.to(device=device))
         if mem_cfg.persistent_tokens > 0:
             table = model.get_input_embeddings()
             device, dtype = _branch_placement(table)  # beside the embedding table its rows are fed in place of
@@ -150,13 +162,15 @@ def remove_adapters(model: nn.Module) -> None:
             adapter.detach_from(mlp)
     if pointer_heads(model) is not None:
         delattr(model, POINTER_ATTR)
+    if retriever_of(model) is not None:
+        delattr(model, RETRIEVER_ATTR)
     if persistent_memory(model) is not None:
         delattr(model, PERSISTENT_ATTR)
 
 
 def _adapter_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules()
-            if isinstance(m, (MemoryAdapter, PointerHeads, PersistentMemory))]
+            if isinstance(m, (MemoryAdapter, PointerHeads, PersistentMemory, SpanRetriever))]
 
 
 def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:

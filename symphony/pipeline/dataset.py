@@ -28,9 +28,10 @@ from symphony.pipeline.runs import (
 )
 
 PHASE = 3
-DATA_VERSION = 1  # bump when the sample format changes: old datasets then need --force
+DATA_VERSION = 2  # bump when the sample format changes: old datasets then need --force
 SPLITS = ("train", "dev")
-COLUMNS = ("input_ids", "loss_mask", "keep_mask", "kind", "answer", "answer_start", "question", "length")
+COLUMNS = ("input_ids", "loss_mask", "keep_mask", "kind", "answer", "answer_start", "question", "length", "retrieval")
+REQUIRED = COLUMNS[:-1]  # a dataset built before `retrieval` (version 1) still trains everything but the retriever
 DEV_FRACTION = 0.1  # dev haystacks come from the corpus's last tenth (at least one sample's worth)
 
 
@@ -46,6 +47,7 @@ def features():
         "answer_start": Value("int32"),
         "question": Value("string"),
         "length": Value("int32"),
+        "retrieval": List(Value("int32")),
     })
 
 
@@ -231,7 +233,7 @@ def load_split(run_dir: str | Path, split: str = "train", needed_by: int | None 
     except Exception as e:  # datasets raises many types for a damaged directory
         raise SymphonyError(f"phase {PHASE}'s {split} split at {path} is corrupt ({type(e).__name__});"
                             f" rebuild it: {phase_command(run_dir, PHASE, force=True)}") from None
-    if not isinstance(ds, Dataset) or any(c not in ds.column_names for c in COLUMNS):
+    if not isinstance(ds, Dataset) or any(c not in ds.column_names for c in REQUIRED):
         raise SymphonyError(f"phase {PHASE}'s {split} split at {path} is not a phase 3 dataset;"
                             f" rebuild it: {phase_command(run_dir, PHASE, force=True)}")
     return ds

@@ -24,6 +24,7 @@ class TrainingSpec:
     starts_from: int  # the phase whose adapters it loads
     copy: bool = False  # the copy head's loss joins in (when the run has one)
     router: bool = False  # the salience router learns the keep-exactly labels (when the run has one)
+    retriever: bool = False  # the HEP-DNA retriever trains on the tasks' facts and questions (when the run has one)
     curriculum: bool = False  # stages over train.curriculum lengths; the best stage on dev is kept
     exports_final: bool = False  # also writes DIR/final
     idle: str = "no adapters"  # why there is nothing to train when none of its parameters exist
@@ -53,9 +54,9 @@ PHASES: dict[int, Phase] = {p.number: p for p in (
           "symphony.pipeline.dataset:build_dataset"),
     Phase(4, "coarse", "coarse pre-training", "train FHRR/Titans memories through the bounded cache", _TRAIN,
           training=TrainingSpec("adapters", "lm", starts_from=2, idle="memory.kind is none")),
-    Phase(5, "HEP-DNA", "HEP-DNA", "train the salience router and copy head", _TRAIN,
-          training=TrainingSpec("pointer", "tasks", starts_from=4, copy=True, router=True,
-                                idle="memory.pointer is off")),
+    Phase(5, "HEP-DNA", "HEP-DNA", "train the salience router, copy head and retriever", _TRAIN,
+          training=TrainingSpec("pointer", "tasks", starts_from=4, copy=True, router=True, retriever=True,
+                                idle="memory.pointer is off and memory.retriever_dim is 0")),
     Phase(6, "calibrate", "long-range calibration", "curriculum over growing lengths; keep the best stage on dev",
           _TRAIN, training=TrainingSpec("calibrated", "all", starts_from=5, copy=True, curriculum=True)),
     Phase(7, "finetune", "hybrid sparse fine-tuning", "joint fine-tuning; export DIR/final", _TRAIN,

@@ -13,6 +13,7 @@ yet known and they look alike.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from dataclasses import asdict, dataclass
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass
 from symphony.runtime.chat_format import ChatFormat
 from symphony.errors import SymphonyError
 from symphony.haystack import _KEYS, Needle, _snap, random_ascii, random_needle
+from symphony.pipeline import paraphrases
 
 MIN_HAYSTACK = 16  # a task sample needs at least this many tokens of real text around its facts
 COPY_TOKENS = (16, 32)  # the copy task's span, in tokens
@@ -37,6 +39,9 @@ class Sample:
     answer_start: int
     question: str
     length: int  # the requested length (input_ids has this many tokens, exactly)
+    # [start, end) of the asked fact (the first planted text) and where the document ends (the question begins):
+    # what the HEP-DNA retriever trains on; empty for a plain document
+    retrieval: list[int] = dataclasses.field(default_factory=list)
 
     def row(self) -> dict:
         return asdict(self)
@@ -82,19 +87,23 @@ class TaskBuilder:
             out = out + ids[: n - len(out)]
         return out
 
-    def plant(self, hay: list[int], pieces: list[list[int]], depths: list[float]) -> tuple[list[int], list[int]]:
-        """Insert each piece at its depth of `hay`, snapped to a sentence end; (ids, keep mask)."""
+    def plant(self, hay: list[int], pieces: list[list[int]], depths: list[float]) -> tuple[list[int], list[int], list[int]]:
+        """Insert each piece at its depth of `hay`, snapped to a sentence end; (ids, keep mask, each piece's
+        start)."""
         cuts = sorted((_snap(hay, int(round(d * len(hay))), self.tok), i) for i, d in enumerate(depths))
         ids: list[int] = []
         keep: list[int] = []
+        starts = [0] * len(pieces)
         prev = 0
         for cut, i in cuts:
-            ids += hay[prev:cut] + pieces[i]
+            ids += hay[prev:cut]
+            starts[i] = len(ids)
+            ids += pieces[i]
             keep += [0] * (cut - prev) + [1] * len(pieces[i])
             prev = cut
         ids += hay[prev:]
         keep += [0] * (len(hay) - prev)
-        return ids, keep
+        return ids, keep, starts
 
     # -- samples -------------------------------------------------------------------------------------
     def build(self, kind: str, rng: random.Random, length: int, distractors: int = 3) -> Sample:
@@ -102,7 +111,7 @@ class TaskBuilder:
             ids = self.haystack(rng, length)
             return Sample(ids, [1] * length, [0] * length, "lm", "", length, "", length)
         make = {"needle": needle_fact, "multikey": multikey_fact, "passkey": passkey_fact, "kv": kv_fact,
-                "copy": self.copy_fact}.get(kind)
+                "copy": self.copy_fact, "paraphrase": paraphrase_fact}.get(kind)
         if make is None:
             raise SymphonyError(f"unknown task kind '{kind}'")
         fact = make(rng, distractors)
@@ -120,14 +129,16 @@ class TaskBuilder:
                 f" and planted facts take {fixed} tokens, leaving {room} for text, fewer than {MIN_HAYSTACK});"
                 " use longer data.lengths or fewer data.distractors"
             )
-        doc, keep = self.plant(self.haystack(rng, room), pieces, fact.depths)
+        doc, keep, starts = self.plant(self.haystack(rng, room), pieces, fact.depths)
         input_ids = self.before_ids + doc + question_ids + answer_ids
         answer_start = len(self.before_ids) + len(doc) + len(question_ids)
+        asked = len(self.before_ids) + starts[0]
         sample = Sample(
             input_ids=input_ids,
             loss_mask=[0] * answer_start + [1] * len(answer_ids),
             keep_mask=[0] * len(self.before_ids) + keep + [0] * (len(question_ids) + len(answer_ids)),
             kind=kind, answer=fact.answer, answer_start=answer_start, question=fact.question, length=length,
+            retrieval=[asked, asked + len(pieces[0]), len(self.before_ids) + len(doc)],
         )
         self.check(sample)
         return sample
@@ -193,6 +204,19 @@ def passkey_fact(rng: random.Random, distractors: int = 0) -> Fact:
     key = str(rng.randint(10_000, 99_999))
     return Fact([f" The pass key is {key}. Remember it. {key} is the pass key. "], [rng.random()],
                 "What is the pass key? Answer with the number only.", key)
+
+
+def paraphrase_fact(rng: random.Random, distractors: int = 3) -> Fact:
+    """A fact asked about in other words (`paraphrases`), a look-alike of the same template under another name,
+    and `distractors - 1` facts of other templates."""
+    templates = rng.sample(paraphrases.PAIRS, max(1, distractors))
+    filled = [paraphrases.fill(templates[0], rng)]
+    while len(filled) < 1 + (distractors > 0):
+        other = paraphrases.fill(templates[0], rng)
+        if other[1] != filled[0][1]:
+            filled.append(other)
+    filled += [paraphrases.fill(t, rng) for t in templates[1:]]
+    return Fact([f" {f}" for f, _, _ in filled], [rng.random() for _ in filled], filled[0][1], filled[0][2])
 
 
 def _code(rng: random.Random) -> str:

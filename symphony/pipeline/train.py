@@ -25,7 +25,7 @@ import torch
 from symphony.config import SymphonyConfig, parse_int_list, recorded_memory_config
 from symphony.errors import SymphonyError
 from symphony.memory.checkpoint import ADAPTERS_FILE, load_checkpoint, save_adapters
-from symphony.memory.inject import adapter_state_dict, memory_adapters, pointer_heads
+from symphony.memory.inject import adapter_state_dict, memory_adapters, pointer_heads, retriever_of
 from symphony.memory.kinds import calibrated_parameter_names
 from symphony.memory.persistent import PERSISTENT_ATTR, persistent_memory
 from symphony.pipeline.phases import PHASES, TrainingSpec, phase_title, training_spec
@@ -34,6 +34,7 @@ from symphony.pipeline.runs import (
     symphony_command,
 )
 from symphony.pipeline.dev import dev_score, evaluate_dev
+from symphony.pipeline.retrieval import train_phase_retriever
 from symphony.pipeline.loop import (
     METRICS_FILE, RUNNING_METRICS, LoopSpec, clear_train_state, epoch_sampler, has_train_state, is_main_process,
     train_loop, wait_for_everyone,
@@ -210,13 +211,22 @@ def run_training_phase(cfg: SymphonyConfig, run_dir: str | Path, phase: int, for
     body: dict = {"name": phase_title(phase), "fingerprint": fp, "config": cfg.to_dict(), "from": str(prev_dir),
                   "from_sha256": from_sha, "trainable_parameters": sum(p.numel() for p in params)}
 
-    if not params:
+    retriever = retriever_of(model) if spec.retriever else None
+    if retriever is not None:  # trained on features read once from the frozen model, apart from the loop below
+        body["retriever"] = train_phase_retriever(engine, train, dev, cfg.train.retriever_steps, cfg.seed + phase,
+                                                  progress)
+    if not params and retriever is None:
         body.update(status="skipped", reason=f"nothing to train in phase {phase}: {spec.idle}")
         if is_main_process():
             _publish(model, run, spec, body)
         wait_for_everyone()
         return run.result("skipped")
 
+    if not params:  # the retriever alone
+        if is_main_process():
+            _publish(model, run, spec, body)
+        wait_for_everyone()
+        return run.result()
     if start.get("dev_after") and start.get("use_copy") == use_copy:
         body["dev_before"] = start["dev_after"]  # the same weights on the same dev split
     else:

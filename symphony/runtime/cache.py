@@ -99,8 +99,11 @@ class BoundedCache(Cache):
         self.positions = torch.empty(0, dtype=torch.long)  # position in the stream
         self.token_ids = torch.empty(0, dtype=torch.long)  # -1 until the engine records it
         self.salience = torch.empty(0, dtype=torch.float32)
-        # called at each compaction with (positions, token_ids, salience) of every slot that has left the
-        # window (kept in the ledger or evicted), e.g. RecallLedger.add
+        # [n, d] float16: the hidden states the recall archive summarises its spans from (the HEP-DNA
+        # retriever's layer), once the engine records any; None without a retriever
+        self.features: torch.Tensor | None = None
+        # called at each compaction with (positions, token_ids, salience, features) of every slot that has left
+        # the window (kept in the ledger or evicted), e.g. RecallLedger.add
         self.on_archive = None
         self.last_keep: torch.Tensor | None = None  # slot indices kept by the last compaction (old numbering)
 
@@ -116,6 +119,8 @@ class BoundedCache(Cache):
             self.positions = torch.cat([self.positions, torch.arange(self.tokens_seen, self.tokens_seen + q)])
             self.token_ids = torch.cat([self.token_ids, torch.full((q,), -1, dtype=torch.long)])
             self.salience = torch.cat([self.salience, torch.zeros(q)])
+            if self.features is not None:
+                self.features = torch.cat([self.features, self.features.new_zeros(q, self.features.shape[1])])
             self.tokens_seen += q
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
@@ -127,8 +132,10 @@ class BoundedCache(Cache):
     def occupied(self) -> int:
         return int(self.positions.numel())
 
-    def record(self, token_ids: torch.Tensor, salience: torch.Tensor | None = None) -> None:
-        """Attach token ids (and salience scores) to the most recently appended slots."""
+    def record(self, token_ids: torch.Tensor, salience: torch.Tensor | None = None,
+               features: torch.Tensor | None = None) -> None:
+        """Attach token ids (and salience scores, and hidden states [q, d] for the archive's summaries) to the
+        most recently appended slots."""
         token_ids = token_ids.reshape(-1).long().cpu()
         q = token_ids.numel()
         if q == 0:
@@ -136,6 +143,10 @@ class BoundedCache(Cache):
         self.token_ids[-q:] = token_ids
         if salience is not None:
             self.salience[-q:] = salience.detach().reshape(-1).float().cpu()
+        if features is not None:
+            if self.features is None:
+                self.features = torch.zeros(self.occupied(), features.shape[-1], dtype=torch.float16)
+            self.features[-q:] = features.detach().reshape(q, -1).to(device="cpu", dtype=torch.float16)
 
     def _middle(self) -> torch.Tensor:
         """Slots that are neither sinks nor in the recent window: the ledger's candidates."""
@@ -199,12 +210,15 @@ class BoundedCache(Cache):
         delta = torch.arange(len(keep)) - keep  # slot index == RoPE position, before and after
         if self.on_archive is not None:
             middle = self._middle()
-            self.on_archive(self.positions[middle], self.token_ids[middle], self.salience[middle])
+            feats = None if self.features is None else self.features[middle]
+            self.on_archive(self.positions[middle], self.token_ids[middle], self.salience[middle], feats)
         for layer in self.layers:
             layer.select(keep, delta, self.rope)
         self.positions = self.positions[keep]
         self.token_ids = self.token_ids[keep]
         self.salience = self.salience[keep]
+        if self.features is not None:
+            self.features = self.features[keep]
         self.last_keep = keep
         self.compactions += 1
         return n - len(keep)

@@ -56,9 +56,13 @@ def recalled(engine: StreamingEngine, stream: Stream, query: str) -> list[int]:
     for a, b in stream.conversation:
         document &= (pos < a) | (pos >= b)
     c = engine.cache_cfg
-    runs = stream.recall.search(engine.encode(query).tolist(), c.recall_budget, min_gain=c.recall_min_gain,
+    query_ids = engine.encode(query).tolist()
+    retriever = engine.retriever if stream.recall.summary_dim else None
+    runs = stream.recall.search(query_ids, c.recall_budget, min_gain=c.recall_min_gain,
                                 live=(pos[document], ids[document]), kinds=token_kinds(engine),
-                                hops=c.recall_hops)
+                                hops=c.recall_hops,
+                                query_summary=engine.question_summary(query_ids) if retriever is not None else None,
+                                min_similarity=float(retriever.min_similarity) if retriever is not None else 0.5)
     sep = line_break(engine)
     return [t for run in runs for t in run + sep]
 

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from symphony.config import CacheConfig, SalienceConfig
-from symphony.memory.inject import adapters_off, memory_adapters, pointer_heads
+from symphony.memory.inject import adapters_off, memory_adapters, pointer_heads, retriever_of
 from symphony.memory.persistent import persistent_memory
 from symphony.memory.pointer import RouterScorer
 from symphony.models.compat import with_cache
@@ -65,6 +65,7 @@ class StreamingEngine:
         mine = policy.uses_memory
         self._adapters = memory_adapters(self.model) if mine else []
         self._pointer = pointer_heads(self.model) if mine else None
+        self._retriever = retriever_of(self.model) if mine else None
         self._persistent = persistent_memory(self.model) if mine else None
         if policy.bounded:  # positions must stay inside the trained context, persistent slots included
             check_cache_in_context(self.cache_cfg, self.model.config, self.persistent_tokens)
@@ -165,9 +166,11 @@ class StreamingEngine:
         else:
             logits = out.logits[0]
         positions = torch.arange(stream.tokens_seen, stream.tokens_seen + ids.numel())
+        feats = (self._retriever.hidden_of(out.hidden_states)
+                 if need_all and self._retriever is not None and stream.recall is not None else None)
         if stream.scorer is not None and isinstance(stream.cache, BoundedCache):
             scores = stream.scorer(ids, logits, stream.last_logits, positions, hidden=hidden)
-            stream.cache.record(ids, scores)
+            stream.cache.record(ids, scores, feats)
         elif isinstance(stream.cache, BoundedCache):
             stream.cache.record(ids)
         if copying and isinstance(stream.cache, BoundedCache):
@@ -199,6 +202,30 @@ class StreamingEngine:
         finally:
             for adapter in self._adapters:  # no stream's state stays behind in the model
                 adapter.state, adapter.pending, adapter.defer_writes = None, None, False
+
+    @property
+    def retriever(self):
+        """The HEP-DNA retriever this engine's streams summarise their archived spans with (None without one)."""
+        return self._retriever
+
+    @torch.no_grad()
+    def question_hidden(self, ids: list[int] | torch.Tensor) -> torch.Tensor | None:
+        """A question's hidden states [d] at the retriever's layer, mean-pooled, read alone by the bare base model
+        (None without a retriever)."""
+        r = self._retriever
+        ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+        if r is None or ids.numel() == 0:
+            return None
+        with adapters_off(self.model):
+            out = self.model(input_ids=ids[None].to(self.device), use_cache=False, output_hidden_states=True,
+                             logits_to_keep=1)
+        return r.hidden_of(out.hidden_states).float().mean(0).cpu()
+
+    @torch.no_grad()
+    def question_summary(self, ids: list[int] | torch.Tensor) -> torch.Tensor | None:
+        """The retriever's encoding [k] of a question, as its archive's spans are encoded (None without one)."""
+        hidden = self.question_hidden(ids)
+        return None if hidden is None else self._retriever.encode(hidden.to(self.device)).cpu()
 
     @property
     def pointer(self):

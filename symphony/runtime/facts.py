@@ -73,6 +73,11 @@ class Unit:
     ids: list[int]
     present: torch.Tensor  # bool [terms]: which query terms (tokens, then pairs) it holds
     score: float
+    similarity: float = 0.0  # the HEP-DNA retriever's: its nearest span's summary against the question's
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.ids)
 
 
 class Query:
@@ -103,9 +108,10 @@ class Query:
 
 
 def units(runs: list[tuple[int, torch.Tensor]], query: Query, kinds: TokenKinds | None,
-          max_unit: int = MAX_UNIT) -> list[Unit]:
-    """The units of `runs` (stream start, token ids of consecutive text) that hold any query term, scored.
-    Without `kinds` (no tokenizer) text is cut into pieces of `max_unit` on a fixed grid of stream positions."""
+          max_unit: int = MAX_UNIT, every: bool = False) -> list[Unit]:
+    """The units of `runs` (stream start, token ids of consecutive text) that hold any query term (`every`: all
+    of them), scored. Without `kinds` (no tokenizer) text is cut into pieces of `max_unit` on a fixed grid of
+    stream positions."""
     pieces: list[tuple[int, torch.Tensor]] = []
     for start, ids in runs:
         if ids.numel() == 0:
@@ -122,7 +128,7 @@ def units(runs: list[tuple[int, torch.Tensor]], query: Query, kinds: TokenKinds 
     present = query.presence(_rows([p for _, p in pieces]))
     score = (present.float() * query.weight).sum(1)
     return [Unit(start, p.tolist(), present[i], float(score[i])) for i, (start, p) in enumerate(pieces)
-            if score[i] > 0]
+            if every or score[i] > 0]
 
 
 def pick(found: list[Unit], weight: torch.Tensor, budget_tokens: int, min_gain: float,
@@ -147,6 +153,19 @@ def pick(found: list[Unit], weight: torch.Tensor, budget_tokens: int, min_gain: 
             covered |= u.present
             used += len(u.ids)
     return picks
+
+
+def pick_by_meaning(found: list[Unit], taken: list[Unit], budget_tokens: int) -> list[Unit]:
+    """The units the retriever found (`recall.RecallLedger._by_meaning`), nearest first, beside the lexical picks
+    `taken` and within the budget: what a question worded unlike its fact finds, where it shares no rare term."""
+    used = sum(len(u.ids) for u in taken)
+    out: list[Unit] = []
+    for u in sorted(found, key=lambda u: (-u.similarity, u.start)):
+        if used + len(u.ids) > budget_tokens or any(u.start < t.end and t.start < u.end for t in taken + out):
+            continue
+        out.append(u)
+        used += len(u.ids)
+    return out
 
 
 def hop_query(picks: list[Unit], query: Query, kinds: TokenKinds) -> Query | None:

@@ -130,7 +130,7 @@ class SymphonyPolicy(CachePolicy):
         # persistent slots come first and count as extra sinks: never evicted, never moved (never re-rotated)
         cache = BoundedCache.for_model(engine.model, c.sinks + persistent, c.ledger, c.window, c.span_len,
                                        s.smooth_radius)
-        recall = RecallLedger.for_cache(c)
+        recall = RecallLedger.for_cache(c, engine.retriever)
         if recall is not None:
             cache.on_archive = recall.add
         return Stream(cache, RarityOracle(s), recall=recall)

@@ -6,7 +6,8 @@ front of it: exact text, still a fixed budget. The recent window (not archived y
 best match is still there, it is that text that gets re-read, not an archived look-alike.
 
 Each span takes its token ids (int32), its stream start (int64) and its salience (float32): 4 x span_len + 12
-bytes (`symphony.config.recall_span_nbytes`). In RAM the rows are preallocated (`cache.recall_bytes`), so the
+bytes (`symphony.config.recall_span_nbytes`); with the HEP-DNA retriever, also its learned summary (int8, `dim`
+bytes), pooled from the hidden states the cache recorded while the span streamed by. In RAM the rows are preallocated (`cache.recall_bytes`), so the
 archive's bytes are fixed by the config at any input length; once every row is taken, the lowest-scored span
 gives way. On disk (`cache.recall_path`) the rows are memory-mapped files, one row per span of the stream
 (row = start // span_len), that grow with the stream while RAM stays constant; every span is kept.
@@ -30,12 +31,16 @@ import torch
 from symphony.config import RECALL_ID_BYTES, RECALL_SPAN_BYTES, CacheConfig, recall_span_nbytes
 from symphony.errors import SymphonyError
 from symphony.io import atomic_write_json
-from symphony.runtime.facts import MAX_UNIT, Query, TokenKinds, Unit, hop_query, hop_units, pick, units
+from symphony.memory.retriever import similarity
+from symphony.runtime.facts import MAX_UNIT, Query, TokenKinds, Unit, hop_query, hop_units, pick, pick_by_meaning, units
 
 # dtype and file of each per-span column; their itemsizes are config.RECALL_ID_BYTES and RECALL_SPAN_BYTES
 COLUMNS = (("ids", torch.int32, np.int32, "ids.i32", -1), ("start", torch.int64, np.int64, "start.i64", -1),
            ("score", torch.float32, np.float32, "score.f32", -math.inf))
 assert COLUMNS[0][1].itemsize == RECALL_ID_BYTES and sum(c[1].itemsize for c in COLUMNS[1:]) == RECALL_SPAN_BYTES
+SUMMARY_COLUMN = ("summary", torch.int8, np.int8, "summary.i8", 0)  # with a retriever: [rows, dim] codes
+MAX_POOLING = 4096  # spans whose summary is still being pooled (their tokens reach the archive in parts)
+SEMANTIC_SPANS = 1  # spans nearest to the question's summary whose sentences a search re-reads
 META, FORMAT = "recall.json", "symphony-recall/1"
 CHUNK_SPANS = 4096  # rows a search (or a reopen's recount) reads at a time
 GROW_SPANS = 4096  # rows a disk archive grows by at least (then by an eighth of its size): few remaps, little slack
@@ -51,17 +56,25 @@ def new_archive_path(parent: str | os.PathLike) -> Path:
 
 
 class RecallLedger:
-    def __init__(self, capacity_tokens: int, span_len: int, path: str | os.PathLike | None = None):
+    def __init__(self, capacity_tokens: int, span_len: int, path: str | os.PathLike | None = None,
+                 summary_dim: int = 0, summarize=None):
         """In RAM: room for capacity_tokens // span_len spans (at least one), preallocated. With `path` (a folder):
-        the archive there, opened if one is, else created at the first `add`; it grows, so capacity_tokens is unused."""
+        the archive there, opened if one is, else created at the first `add`; it grows, so capacity_tokens is unused.
+        `summary_dim` > 0 keeps a summary per span: `summarize(starts [s], pooled hidden states [s, d])` gives its
+        int8 codes [s, summary_dim] (the retriever's `summarize_spans`)."""
         self.span_len = max(1, span_len)
         self.path = None if path is None else Path(path).expanduser()
+        self.summary_dim, self.summarize = max(0, summary_dim), summarize
+        # span start -> (sum of its tokens' hidden states, offsets summed): a span's summary pools every token it
+        # holds, though its tokens reach the archive over several compactions; complete spans are dropped
+        self._pooling: dict[int, tuple[torch.Tensor, set[int]]] = {}
+        self.columns = COLUMNS + ((SUMMARY_COLUMN,) if self.summary_dim else ())
         # spans held, one past the last stream position archived; in a dict the disk finalizer shares
         self._state = {"spans": 0, "end": 0, "dirty": False}
         if self.path is None:
             self.n_spans: int | None = max(1, capacity_tokens // self.span_len)
-            self.ids, self.start, self.score = (torch.full(self._shape(name, self.n_spans), fill, dtype=dtype,
-                                                           device="cpu") for name, dtype, _, _, fill in COLUMNS)
+            for name, dtype, _, _, fill in self.columns:
+                setattr(self, name, torch.full(self._shape(name, self.n_spans), fill, dtype=dtype, device="cpu"))
             self._row_of: dict[int, int] = {}
             return
         self.n_spans = None  # every span is kept
@@ -71,16 +84,19 @@ class RecallLedger:
         if meta is not None:
             self._reopen(meta)
         # flushes the files and marks recall.json clean when the ledger is dropped or the process exits
-        self._finalizer = weakref.finalize(self, _flush, self._maps, self.path, self.span_len, self._state)
+        self._finalizer = weakref.finalize(self, _flush, self._maps, self.path, self.span_len, self._state,
+                                           self.summary_dim)
 
     @classmethod
-    def for_cache(cls, c: CacheConfig) -> RecallLedger | None:
+    def for_cache(cls, c: CacheConfig, retriever=None) -> RecallLedger | None:
         """The archive a `symphony`-policy stream gets from `c`: None when recall is off; in RAM, or in a new
-        subfolder of `c.recall_path`."""
-        spans = c.recall_spans()
+        subfolder of `c.recall_path`; with the HEP-DNA `retriever`'s summaries when one is given."""
+        dim = retriever.dim if retriever is not None else 0
+        spans = c.recall_spans(dim)
         if spans == 0:
             return None
-        return cls(spans * c.span_len, c.span_len, new_archive_path(c.recall_path) if c.recall_path else None)
+        return cls(spans * c.span_len, c.span_len, new_archive_path(c.recall_path) if c.recall_path else None,
+                   dim, retriever.summarize_spans if retriever is not None else None)
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> RecallLedger:
@@ -89,7 +105,7 @@ class RecallLedger:
         if meta is None:
             raise SymphonyError(f"{path} holds no recall archive ({META} is missing); pass the folder a stream's"
                                 " archive was written to (a subfolder of cache.recall_path)")
-        return cls(0, meta["span_len"], path)
+        return cls(0, meta["span_len"], path, meta.get("summary_dim", 0))
 
     @property
     def end(self) -> int:
@@ -102,18 +118,23 @@ class RecallLedger:
 
     def nbytes(self) -> int:
         """Bytes the archive holds: fixed by the config in RAM; the files' size on disk (RAM: none preallocated)."""
-        return self.ids.nbytes + self.start.nbytes + self.score.nbytes
+        return sum(getattr(self, name).nbytes for name, *_ in self.columns)
 
     def __len__(self) -> int:
         return self._state["spans"]
 
-    def add(self, positions: torch.Tensor, token_ids: torch.Tensor, salience: torch.Tensor) -> None:
+    def add(self, positions: torch.Tensor, token_ids: torch.Tensor, salience: torch.Tensor,
+            features: torch.Tensor | None = None) -> None:
         """Store archived tokens (left the window), grouped into aligned spans; when a RAM archive is full, the
-        lowest-scored span gives way."""
+        lowest-scored span gives way. `features` [n, d]: the hidden states a span's summary is pooled from."""
         real = positions >= 0  # persistent-memory slots (negative positions) hold learned tokens, not stream text
         positions, token_ids, salience = positions[real], token_ids[real], salience[real]
         if positions.numel() == 0:
             return
+        summarizing = self.summary_dim > 0 and self.summarize is not None and features is not None
+        pooled = {}
+        if summarizing:
+            features = features[real]
         if self.path is not None and not self._state["dirty"]:
             self._mark_dirty()
         st = self._state
@@ -132,16 +153,32 @@ class RecallLedger:
             else:
                 self.score[row] = max(float(self.score[row]), score)
             self.ids[row, offs] = ids.to(torch.int32)
+            if summarizing:
+                total, done = self._pooling.setdefault(s, (torch.zeros(features.shape[1]), set()))
+                fresh = [k for k, o in enumerate(offs.tolist()) if o not in done]
+                if fresh or new:
+                    total += features[sel][fresh].float().sum(0)
+                    done.update(offs[fresh].tolist())
+                    pooled[row] = (s, total / max(1, len(done)))
+                if len(done) == self.span_len:
+                    del self._pooling[s]
+        if pooled:
+            rows = list(pooled)
+            codes = self.summarize(torch.tensor([pooled[r][0] for r in rows]),
+                                   torch.stack([pooled[r][1] for r in rows]))
+            self.summary[torch.tensor(rows)] = codes.to(torch.int8).cpu()
+            while len(self._pooling) > MAX_POOLING:  # spans that never complete (cut short): the oldest go
+                del self._pooling[min(self._pooling)]
 
     def flush(self) -> None:
         """Disk archive: write the mapped rows through and mark recall.json clean (its counts current)."""
         if self.path is not None:
-            _flush(self._maps, self.path, self.span_len, self._state)
+            _flush(self._maps, self.path, self.span_len, self._state, self.summary_dim)
 
     # -- rows --------------------------------------------------------------------------------------------
 
     def _shape(self, name: str, rows: int) -> tuple[int, ...]:
-        return (rows, self.span_len) if name == "ids" else (rows,)
+        return (rows, self.span_len) if name == "ids" else (rows, self.summary_dim) if name == "summary" else (rows,)
 
     def _place(self, s: int, score: float) -> tuple[int | None, bool]:
         """The row of the span starting at `s` and whether it is new; None when a full RAM archive keeps its spans."""
@@ -178,22 +215,23 @@ class RecallLedger:
     # -- disk --------------------------------------------------------------------------------------------
 
     def _files(self) -> list[Path]:
-        return [self.path / file for _, _, _, file, _ in COLUMNS]
+        return [self.path / file for _, _, _, file, _ in self.columns]
 
     def _map(self, rows: int) -> None:
         """Map the first `rows` rows of the files (none: empty columns, nothing on disk yet)."""
         self._maps[:] = [np.memmap(f, dtype=np_dtype, mode="r+", shape=self._shape(name, rows))
-                         for f, (name, _, np_dtype, _, _) in zip(self._files(), COLUMNS)] if rows else []
+                         for f, (name, _, np_dtype, _, _) in zip(self._files(), self.columns)] if rows else []
         cols = ([torch.from_numpy(m) for m in self._maps] if rows else
-                [torch.full(self._shape(name, 0), fill, dtype=dtype) for name, dtype, _, _, fill in COLUMNS])
-        self.ids, self.start, self.score = cols
+                [torch.full(self._shape(name, 0), fill, dtype=dtype) for name, dtype, _, _, fill in self.columns])
+        for (name, *_), col in zip(self.columns, cols):
+            setattr(self, name, col)
 
     def _grow(self, rows: int) -> None:
         """Append empty rows (written out, not sparse: a full disk then fails here, in one line, instead of with
         a SIGBUS when a mapped page is first written) and remap."""
         rows = max(rows, self.rows + max(GROW_SPANS, self.rows // 8))
         try:
-            for f, (name, _, np_dtype, _, fill) in zip(self._files(), COLUMNS):
+            for f, (name, _, np_dtype, _, fill) in zip(self._files(), self.columns):
                 with open(f, "ab") as out:
                     for lo in range(self.rows, rows, CHUNK_SPANS):
                         n = min(CHUNK_SPANS, rows - lo)
@@ -208,19 +246,23 @@ class RecallLedger:
         after a crash recounts them from the rows."""
         self.path.mkdir(parents=True, exist_ok=True)
         self._state["dirty"] = True
-        _write_meta(self.path, self.span_len, self._state)
+        _write_meta(self.path, self.span_len, self._state, self.summary_dim)
 
     def _read_meta(self) -> dict | None:
         meta = _load_meta(self.path)
         if meta is not None and meta["span_len"] != self.span_len:
             raise SymphonyError(f"the recall archive in {self.path} was written with span_len {meta['span_len']},"
                                 f" not {self.span_len}; open it with RecallLedger.open or use another folder")
+        if meta is not None and meta.get("summary_dim", 0) != self.summary_dim:
+            raise SymphonyError(f"the recall archive in {self.path} keeps {meta.get('summary_dim', 0)}-byte span"
+                                f" summaries, not {self.summary_dim}; open it with RecallLedger.open or use another"
+                                " folder")
         return meta
 
     def _reopen(self, meta: dict) -> None:
         sizes = [f.stat().st_size if f.exists() else 0 for f in self._files()]
-        self._map(min(size // (dtype.itemsize * (self.span_len if name == "ids" else 1))
-                      for size, (name, dtype, _, _, _) in zip(sizes, COLUMNS)))
+        self._map(min(size // (dtype.itemsize * math.prod(self._shape(name, 1)))
+                      for size, (name, dtype, _, _, _) in zip(sizes, self.columns)))
         if not meta["dirty"]:
             self._state.update(spans=meta["spans"], end=meta["end"])
             return
@@ -345,10 +387,43 @@ class RecallLedger:
         starts = self._candidates(query, extra, limit)
         return units(self._runs(starts, extra, -(-max_unit // self.span_len)), query, kinds, max_unit)
 
+    def _nearest(self, query_summary: torch.Tensor, k: int) -> list[int]:
+        """Starts of the `k` archived spans whose summaries are nearest the question's (most similar first)."""
+        best_sim, best_start = torch.empty(0), torch.empty(0, dtype=torch.int64)
+        for lo in range(0, self.rows, CHUNK_SPANS):
+            codes, start = self.summary[lo:lo + CHUNK_SPANS], self.start[lo:lo + CHUNK_SPANS]
+            used = torch.nonzero((start >= 0) & (codes != 0).any(1))[:, 0]
+            sim = torch.cat([best_sim, similarity(query_summary, codes[used])])
+            start = torch.cat([best_start, start[used]])
+            top = torch.sort(sim, descending=True, stable=True).indices[:k]
+            best_sim, best_start = sim[top], start[top]
+        return best_start.tolist()
+
+    def _by_meaning(self, query: Query, query_summary: torch.Tensor, extra: dict[int, torch.Tensor],
+                    kinds: TokenKinds | None, k: int, max_unit: int, min_similarity: float) -> list[Unit]:
+        """Every unit that lies in one of the `k` spans nearest the question, if at least `min_similarity` near
+        (a span's summary says the fact is in it, not which of its sentences: all of them come back whole), with
+        that span's similarity."""
+        near = [(s, float(similarity(query_summary, self.summary[self._row(s)][None])[0]))
+                for s in self._nearest(query_summary, k)]
+        near = [(s, sim) for s, sim in near if sim >= min_similarity]
+        if not near:
+            return []
+        found = units(self._runs([s for s, _ in near], extra, -(-max_unit // self.span_len)), query, kinds, max_unit,
+                      every=True)
+        out = []
+        for u in found:
+            inside = [sim for s, sim in near if u.start < s + self.span_len and s < u.end]
+            if inside:
+                u.similarity = max(inside)
+                out.append(u)
+        return out
+
     def search(self, query_ids: list[int] | torch.Tensor, budget_tokens: int, min_gain: float = 0.5,
                live: tuple[torch.Tensor, torch.Tensor] | None = None, max_candidates: int = MAX_CANDIDATES,
                kinds: TokenKinds | None = None, hops: int = 0, max_df: int = HOP_MAX_DF,
-               max_unit: int = MAX_UNIT) -> list[list[int]]:
+               max_unit: int = MAX_UNIT, query_summary: torch.Tensor | None = None,
+               min_similarity: float = 0.5, semantic_spans: int = SEMANTIC_SPANS) -> list[list[int]]:
         """Whole facts to re-read for a question (`facts` says how they are cut and picked), as token-id runs in
         stream order, at most `budget_tokens` in all.
 
@@ -360,7 +435,11 @@ class RecallLedger:
 
         The archive is read a chunk of rows at a time: once for each query token's document frequency, once for
         the `max_candidates` spans holding the most query weight; those, with their neighbours, are cut into
-        units. Only past that many spans sharing a query term can the picks differ from judging every span."""
+        units. Only past that many spans sharing a query term can the picks differ from judging every span.
+
+        `query_summary` (the HEP-DNA retriever's encoding of the question, with an archive that keeps summaries)
+        adds the sentences of the `semantic_spans` spans nearest it, if at least `min_similarity` near and not picked
+        already: a question worded unlike its fact still finds it."""
         if len(self) == 0 or budget_tokens <= 0:
             return []
         max_unit = max(1, min(max_unit, budget_tokens))
@@ -369,6 +448,9 @@ class RecallLedger:
         self._idf(query, extra)
         found = self._units(query, extra, kinds, max_candidates, max_unit)
         picks = pick(found, query.weight, budget_tokens, min_gain)
+        if query_summary is not None and self.summary_dim:
+            near = self._by_meaning(query, query_summary, extra, kinds, semantic_spans, max_unit, min_similarity)
+            picks = picks + pick_by_meaning(near, picks, budget_tokens)
         frontier = picks
         for _ in range(hops if kinds is not None else 0):
             hop = hop_query(frontier, query, kinds)
@@ -407,7 +489,8 @@ def _load_meta(path: Path) -> dict | None:
     try:
         meta = json.loads(f.read_text(encoding="utf-8"))
         ok = (meta.get("format") == FORMAT and isinstance(meta.get("span_len"), int) and meta["span_len"] > 0
-              and all(isinstance(meta.get(k), int) for k in ("spans", "end")) and isinstance(meta.get("dirty"), bool))
+              and all(isinstance(meta.get(k), int) for k in ("spans", "end")) and isinstance(meta.get("dirty"), bool)
+              and isinstance(meta.get("summary_dim", 0), int) and meta.get("summary_dim", 0) >= 0)
     except (OSError, ValueError, AttributeError):
         ok = False
     if not ok:
@@ -418,13 +501,14 @@ def _load_meta(path: Path) -> dict | None:
     return meta
 
 
-def _write_meta(path: Path, span_len: int, state: dict) -> None:
+def _write_meta(path: Path, span_len: int, state: dict, summary_dim: int = 0) -> None:
     atomic_write_json(path / META, {"format": FORMAT, "span_len": span_len, "byteorder": sys.byteorder,
-                                    "bytes_per_span": recall_span_nbytes(span_len), "spans": state["spans"],
-                                    "end": state["end"], "dirty": state["dirty"]})
+                                    "bytes_per_span": recall_span_nbytes(span_len, summary_dim),
+                                    "summary_dim": summary_dim, "spans": state["spans"], "end": state["end"],
+                                    "dirty": state["dirty"]})
 
 
-def _flush(maps: list[np.memmap], path: Path, span_len: int, state: dict) -> None:
+def _flush(maps: list[np.memmap], path: Path, span_len: int, state: dict, summary_dim: int = 0) -> None:
     """Write the mapped rows through, then record the counts as current (not `dirty`). Nothing before a write, nor
     once the folder is gone (removed while the ledger lived: writing recall.json would only recreate it)."""
     if not state["dirty"] or not path.is_dir():
@@ -432,4 +516,4 @@ def _flush(maps: list[np.memmap], path: Path, span_len: int, state: dict) -> Non
     for m in maps:
         m.flush()
     state["dirty"] = False
-    _write_meta(path, span_len, state)
+    _write_meta(path, span_len, state, summary_dim)
