@@ -146,6 +146,9 @@ class MemoryConfig:
     # (int8), 0 = none; `retriever_layer` indexes the model's hidden states (-1: the final, normed ones)
     retriever_dim: int = 0
     retriever_layer: int = -1
+    # which retriever recall uses: auto (a checkpoint's own, else the one trained for this model that ships with
+    # the package, if any) | off (none: lexical recall only) | a .safetensors file (symphony's save_retriever)
+    retriever: str = "auto"
     persistent_tokens: int = 0  # learned persistent-memory tokens per task, fixed first cache slots (0 = off)
     num_tasks: int = 1  # persistent-memory tasks (chat/generate --task-id, SymphonyModel task_ids)
     checkpoint: str = ""  # trained adapters to load (a phase run's DIR, DIR/final or DIR/phaseN); their own
@@ -414,7 +417,7 @@ def validate(cfg: SymphonyConfig) -> None:
         ("salience", 0, ("smooth_radius",)),
         ("salience", 1, ("ngram",)),
         ("calibration", 1, ("tokens", "segment_len")),
-        ("memory", 0, ("heads", "persistent_tokens")),
+        ("memory", 0, ("heads", "persistent_tokens", "retriever_dim")),
         ("memory", 1, ("chunk_size", "num_tasks")),
         # each memory kind's settings, by the smallest value their fields declare (symphony/memory/kinds.py)
         *((f"memory.{name}", f.metadata["min"], (f.name,)) for name in KINDS if hasattr(cfg.memory, name)
@@ -422,8 +425,8 @@ def validate(cfg: SymphonyConfig) -> None:
         ("data", 0, ("distractors",)),
         ("data", 1, ("train_samples", "dev_samples")),
         ("train", 0, ("max_steps", "dev_every")),
-        ("train", 1, ("phase4_steps", "phase5_steps", "phase6_steps", "phase7_steps", "batch_size", "grad_accum",
-                      "tbptt_segments", "checkpoint_every")),
+        ("train", 1, ("phase4_steps", "phase5_steps", "phase6_steps", "phase7_steps", "retriever_steps", "batch_size",
+                      "grad_accum", "tbptt_segments", "checkpoint_every")),
     )
     for section, least, keys in minimums:
         for key in keys:
@@ -438,6 +441,9 @@ def validate(cfg: SymphonyConfig) -> None:
     for key in ("surprisal_weight", "novelty_weight"):
         if not math.isfinite(getattr(s, key)):
             raise SymphonyError(f"config key 'salience.{key}' must be a finite number; got {getattr(s, key)}")
+    if m.retriever not in ("auto", "off") and not Path(m.retriever).expanduser().is_file():
+        raise SymphonyError(f"config key 'memory.retriever' must be auto, off or a retriever file (.safetensors);"
+                            f" {m.retriever} is not a file")
     if not math.isfinite(m.gate_init):
         raise SymphonyError(f"config key 'memory.gate_init' must be a finite number; got {m.gate_init}")
     _validate_recall(c)

@@ -241,16 +241,19 @@ class PlanReport:
     recall_note: str = ""  # the recall archive, in words (host memory: not part of the plan's total)
 
 
-def recall_summary(c: CacheConfig) -> str:
-    """The recall archive `c` configures, in words: its bytes and the stream length it keeps whole."""
+def recall_summary(c: CacheConfig, summary_bytes: int = 0) -> str:
+    """The recall archive `c` configures, in words: its bytes and the stream length it keeps whole
+    (`summary_bytes`: the HEP-DNA retriever's summary per span, `memory.retriever_dim`)."""
     if c.recall_spans() == 0:
         return "off (" + ("cache.recall_tokens=0" if c.recall_tokens == 0 else "cache.recall_bytes=0") + ")"
-    per_token = f"{recall_span_nbytes(c.span_len) / c.span_len:.2f} B/token"
+    per_token = f"{recall_span_nbytes(c.span_len, summary_bytes) / c.span_len:.2f} B/token"
+    summaries = f", with a {summary_bytes}-byte retriever summary per {c.span_len}-token span" if summary_bytes else ""
     if c.recall_path:
         return (f"on disk, a new folder per stream under {c.recall_path}: grows {per_token} with the stream, any"
-                " length kept whole (RAM: none preallocated)")
-    return (f"{format_size(c.recall_nbytes())} in RAM, fixed: token ids of {c.recall_spans() * c.span_len:,}"
-            f" tokens kept whole ({per_token}); past that the lowest-salience spans give way")
+                f" length kept whole (RAM: none preallocated){summaries}")
+    spans = c.recall_spans(summary_bytes)
+    return (f"{format_size(c.recall_nbytes(summary_bytes))} in RAM, fixed: token ids of {spans * c.span_len:,}"
+            f" tokens kept whole ({per_token}{summaries}); past that the lowest-salience spans give way")
 
 
 def load_model_config(path: str | Path):
@@ -297,7 +300,7 @@ def plan_for(cfg, vram: str | int, model_config: str | Path | None = None, segme
     configured = {"sinks": c.sinks, "ledger": c.ledger, "window": c.window,
                   "persistent": cfg.memory.persistent_tokens}
     return PlanReport(plan, model, config, n_params, n_embedding, dtype, cfg.model.quantization, configured,
-                      c.span_len, note, recall_summary(c))
+                      c.span_len, note, recall_summary(c, cfg.memory.retriever_dim))
 
 
 def _count(n: int) -> str:

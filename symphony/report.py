@@ -52,6 +52,6 @@ def model_facts(cfg: SymphonyConfig) -> dict[str, str]:
         "bounded cache": f"{c.sinks} sinks + {c.ledger} ledger + {c.window} window (+{c.segment_len} segment)"
                          f" = {slots} slots = {fmt_bytes(slots * per_token)}, at any input length",
         "full cache at 128k": fmt_bytes(128 * 1024 * per_token),
-        "recall archive": recall_summary(c),
+        "recall archive": recall_summary(c, cfg.memory.retriever_dim),
         "artifacts": str(cfg.artifacts_path),
     }

@@ -24,7 +24,7 @@ QUESTIONS = [[240 + 2 * i, 241 + 2 * i] for i in range(8)]
 
 
 def summarizer(dim: int = DIM):
-    return lambda starts, pooled: SpanRetriever.quantize(torch.nn.functional.normalize(pooled[:, :dim], dim=-1))
+    return lambda pooled: SpanRetriever.quantize(torch.nn.functional.normalize(pooled[:, :dim], dim=-1))
 
 
 def test_summary_bytes_are_fixed_by_the_config_and_counted():
@@ -126,3 +126,29 @@ def test_the_retriever_saves_with_the_adapters_and_older_checkpoints_still_load(
     inject(again, tiny_cfg.memory)
     load_adapters(again, tmp_path / "without")
     assert retriever_of(again) is None
+
+
+def test_a_retriever_file_round_trips_and_a_wrong_one_is_refused_in_one_line(tiny_cfg, tmp_path):
+    from symphony.errors import SymphonyError
+    from symphony.memory.checkpoint import load_retriever, save_retriever, use_retriever
+
+    model = _model(tiny_cfg)
+    retriever_of(model).proj.weight.data.normal_()
+    retriever_of(model).min_similarity.fill_(0.3)
+    f = save_retriever(model, tmp_path / "r.safetensors", "tiny-llama")
+    bare = load_model(tiny_cfg.model, seed=tiny_cfg.seed).model
+    load_retriever(bare, f, "tiny-llama")
+    got, want = retriever_of(bare), retriever_of(model)
+    assert torch.equal(got.proj.weight, want.proj.weight) and got.layer == want.layer
+    assert float(got.min_similarity) == pytest.approx(0.3)
+    use_retriever(bare, "off", "tiny-llama")  # the ablation
+    assert retriever_of(bare) is None
+    with pytest.raises(SymphonyError, match="trained for model 'tiny-llama'"):
+        load_retriever(bare, f, "smollm2-135m")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(SymphonyError, match="cannot read the retriever"):
+        load_retriever(bare, tmp_path / "junk.safetensors")
+    from symphony.config import load_config
+
+    with pytest.raises(SymphonyError, match="memory.retriever"):
+        load_config("tiny", [f"memory.retriever={tmp_path / 'missing.safetensors'}"])

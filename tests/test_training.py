@@ -222,3 +222,23 @@ def test_copy_head_off_trains_the_router_only(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in router_keys)
     assert float(after["symphony_pointer.copy_head.gate_scale"]) == 0.0
     assert json.loads((run / "phase5" / "manifest.json").read_text())["use_copy"] is False
+
+
+def test_phase5_trains_the_retriever_and_calibrates_it_on_dev(tmp_path):
+    """`memory.retriever_dim > 0`: phase 5 reads the facts phase 3 planted, trains the projection alone (the
+    other adapters as phase 4 left them when nothing else trains) and sets its threshold from the dev split."""
+    run = tmp_path / "run"
+    cfg = load_config("tiny", ["memory.kind=fhrr", "memory.fhrr.holo_dim=32", "memory.pointer=false",
+                               "memory.retriever_dim=16", "memory.retriever_layer=1", "train.phase4_steps=1",
+                               "train.retriever_steps=20"])
+    for n in (1, 2, 3, 4):
+        get_phase(n)(cfg, run, progress=False)
+    out = get_phase(5)(cfg, run, progress=False)
+    assert out["status"] == "written"
+    report = json.loads((run / "phase5" / "manifest.json").read_text())["retriever"]
+    assert report["steps"] == 20 and report["loss_last"] < report["loss_first"]
+    assert report["calibrated_on"] == "dev" and report["calibration"]["examples"] > 0
+    before, after = adapters(run / "phase4"), adapters(run / "phase5")
+    assert not torch.equal(before["symphony_retriever.proj.weight"], after["symphony_retriever.proj.weight"])
+    assert float(after["symphony_retriever.min_similarity"]) == pytest.approx(report["calibration"]["min_similarity"], abs=1e-4)
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("symphony_retriever."))

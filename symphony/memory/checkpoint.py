@@ -234,3 +234,84 @@ def load_checkpoint(model: nn.Module, path: str | Path, model_name: str | None =
         remove_adapters(model)  # nothing half-loaded stays on the model
         raise
     return manifest
+
+
+# ---- the HEP-DNA retriever on its own -------------------------------------------------------------------
+
+RETRIEVER_FORMAT = "symphony-retriever/1"
+PACKAGED_RETRIEVERS = Path(__file__).resolve().parent.parent / "retrievers"  # one file per model, trained by us
+
+
+def packaged_retriever(model_name: str) -> Path | None:
+    """The retriever trained for `model_name` that ships with the package (None: none for this model)."""
+    f = PACKAGED_RETRIEVERS / f"{model_name}.safetensors"
+    return f if f.is_file() else None
+
+
+def save_retriever(model: nn.Module, path: str | Path, model_name: str, trained_by: str = "") -> Path:
+    """Write the model's retriever alone (its weights, and in the file's metadata what it was built for)."""
+    from safetensors.torch import save
+
+    from symphony.memory.inject import retriever_of
+
+    r = retriever_of(model)
+    if r is None:
+        raise SymphonyError("this model has no HEP-DNA retriever to save (memory.retriever_dim is 0)")
+    meta = {"format": RETRIEVER_FORMAT, "model": model_name, "hidden_size": str(r.proj.in_features),
+            "dim": str(r.dim), "layer": str(r.layer), "trained_by": trained_by}
+    tensors = {k: t.detach().to("cpu").contiguous() for k, t in r.state_dict().items()}
+    return atomic_write_bytes(Path(path), save(tensors, metadata=meta))
+
+
+def load_retriever(model: nn.Module, path: str | Path, model_name: str | None = None) -> None:
+    """Attach the retriever saved in `path` (safetensors: weights only, nothing executes), replacing any the model
+    has; refused in one line when it was made for another model or another width."""
+    from safetensors import SafetensorError, safe_open
+
+    from symphony.memory.inject import RETRIEVER_ATTR, _branch_placement
+    from symphony.memory.retriever import SpanRetriever
+
+    p = Path(path).expanduser()
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+        raise SymphonyError(f"cannot read the retriever {p} ({e}); pass a file written by symphony's"
+                            " save_retriever, or set memory.retriever=off") from None
+    if meta.get("format") != RETRIEVER_FORMAT:
+        raise SymphonyError(f"{p} is not a {RETRIEVER_FORMAT} file; pass one written by save_retriever")
+    width = model.get_input_embeddings().embedding_dim if hasattr(model, "get_input_embeddings") else None
+    hidden = getattr(getattr(model, "config", None), "hidden_size", width)
+    if model_name and meta.get("model") not in (None, "", model_name):
+        raise SymphonyError(f"the retriever {p} was trained for model '{meta['model']}', not '{model_name}';"
+                            " set memory.retriever=off or pass one trained for this model")
+    try:
+        r = SpanRetriever(int(meta["hidden_size"]), int(meta["dim"]), int(meta["layer"]))
+    except (KeyError, ValueError):
+        raise SymphonyError(f"{p} does not record the retriever's hidden_size, dim and layer") from None
+    if hidden is not None and r.proj.in_features != hidden:
+        raise SymphonyError(f"the retriever {p} reads {r.proj.in_features}-wide hidden states; this model's are"
+                            f" {hidden} wide")
+    missing, unexpected = r.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise SymphonyError(f"the retriever {p} does not fit (missing {_listing(missing)}; unexpected"
+                            f" {_listing(unexpected)})")
+    device, _ = _branch_placement(model)
+    setattr(model, RETRIEVER_ATTR, r.to(device=device))
+
+
+def use_retriever(model: nn.Module, choice: str, model_name: str) -> None:
+    """`memory.retriever`: 'auto' keeps a checkpoint's retriever, else attaches the one shipped for the model (if
+    any); 'off' removes any (the ablation); anything else is a file to load."""
+    from symphony.memory.inject import RETRIEVER_ATTR, retriever_of
+
+    if choice == "off":
+        if retriever_of(model) is not None:
+            delattr(model, RETRIEVER_ATTR)
+    elif choice == "auto":
+        shipped = packaged_retriever(model_name)
+        if retriever_of(model) is None and shipped is not None:
+            load_retriever(model, shipped, model_name)
+    else:
+        load_retriever(model, choice, model_name)

@@ -50,9 +50,8 @@ class SpanRetriever(nn.Module):
         return F.normalize(self.proj(pooled.float() - self.center.float()), dim=-1)
 
     @torch.no_grad()
-    def summarize_spans(self, starts: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        """The recall archive's summaries: pooled hidden states [s, d] of the spans starting at `starts` [s] ->
-        int8 codes [s, k]."""
+    def summarize_spans(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The recall archive's summaries: pooled hidden states [s, d] of its spans -> int8 codes [s, k]."""
         return self.quantize(self.encode(pooled.to(self.proj.weight.device)))
 
     @staticmethod

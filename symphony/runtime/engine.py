@@ -423,6 +423,9 @@ def engine_from_config(cfg, policy: str | None = None, progress: bool = True) ->
         from symphony.memory.checkpoint import load_checkpoint
 
         load_checkpoint(loaded.model, cfg.memory.checkpoint, model_name=cfg.model.name)
+    from symphony.memory.checkpoint import use_retriever
+
+    use_retriever(loaded.model, cfg.memory.retriever, cfg.model.name)
     heads = pointer_heads(loaded.model)
     if not cfg.memory.copy_head and heads is not None:
         with torch.no_grad():  # the ablation: a closed copy gate is skipped, decoding is the LM's alone

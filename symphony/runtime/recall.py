@@ -7,8 +7,8 @@ best match is still there, it is that text that gets re-read, not an archived lo
 
 Each span takes its token ids (int32), its stream start (int64) and its salience (float32): 4 x span_len + 12
 bytes (`symphony.config.recall_span_nbytes`); with the HEP-DNA retriever, also its learned summary (int8, `dim`
-bytes), pooled from the hidden states the cache recorded while the span streamed by. In RAM the rows are preallocated (`cache.recall_bytes`), so the
-archive's bytes are fixed by the config at any input length; once every row is taken, the lowest-scored span
+bytes), pooled from the hidden states the cache recorded while the span streamed by. In RAM the rows are
+preallocated (`cache.recall_bytes`), so the archive's bytes are fixed by the config at any input length; once every row is taken, the lowest-scored span
 gives way. On disk (`cache.recall_path`) the rows are memory-mapped files, one row per span of the stream
 (row = start // span_len), that grow with the stream while RAM stays constant; every span is kept.
 `recall.json` beside them, written atomically, records the layout, so a RecallLedger opened later on the same
@@ -32,14 +32,16 @@ from symphony.config import RECALL_ID_BYTES, RECALL_SPAN_BYTES, CacheConfig, rec
 from symphony.errors import SymphonyError
 from symphony.io import atomic_write_json
 from symphony.memory.retriever import similarity
-from symphony.runtime.facts import MAX_UNIT, Query, TokenKinds, Unit, hop_query, hop_units, pick, pick_by_meaning, units
+from symphony.runtime.facts import (
+    MAX_UNIT, Query, TokenKinds, Unit, hop_query, hop_units, pick, pick_by_meaning, units,
+)
 
 # dtype and file of each per-span column; their itemsizes are config.RECALL_ID_BYTES and RECALL_SPAN_BYTES
 COLUMNS = (("ids", torch.int32, np.int32, "ids.i32", -1), ("start", torch.int64, np.int64, "start.i64", -1),
            ("score", torch.float32, np.float32, "score.f32", -math.inf))
 assert COLUMNS[0][1].itemsize == RECALL_ID_BYTES and sum(c[1].itemsize for c in COLUMNS[1:]) == RECALL_SPAN_BYTES
 SUMMARY_COLUMN = ("summary", torch.int8, np.int8, "summary.i8", 0)  # with a retriever: [rows, dim] codes
-MAX_POOLING = 4096  # spans whose summary is still being pooled (their tokens reach the archive in parts)
+MAX_POOLING = 512  # spans whose summary is still being pooled (their tokens reach the archive in parts)
 SEMANTIC_SPANS = 1  # spans nearest to the question's summary whose sentences a search re-reads
 META, FORMAT = "recall.json", "symphony-recall/1"
 CHUNK_SPANS = 4096  # rows a search (or a reopen's recount) reads at a time
@@ -60,8 +62,8 @@ class RecallLedger:
                  summary_dim: int = 0, summarize=None):
         """In RAM: room for capacity_tokens // span_len spans (at least one), preallocated. With `path` (a folder):
         the archive there, opened if one is, else created at the first `add`; it grows, so capacity_tokens is unused.
-        `summary_dim` > 0 keeps a summary per span: `summarize(starts [s], pooled hidden states [s, d])` gives its
-        int8 codes [s, summary_dim] (the retriever's `summarize_spans`)."""
+        `summary_dim` > 0 keeps a summary per span: `summarize(pooled hidden states [s, d])` gives their int8 codes
+        [s, summary_dim] (the retriever's `summarize_spans`)."""
         self.span_len = max(1, span_len)
         self.path = None if path is None else Path(path).expanduser()
         self.summary_dim, self.summarize = max(0, summary_dim), summarize
@@ -159,13 +161,12 @@ class RecallLedger:
                 if fresh or new:
                     total += features[sel][fresh].float().sum(0)
                     done.update(offs[fresh].tolist())
-                    pooled[row] = (s, total / max(1, len(done)))
+                    pooled[row] = total / max(1, len(done))
                 if len(done) == self.span_len:
                     del self._pooling[s]
         if pooled:
             rows = list(pooled)
-            codes = self.summarize(torch.tensor([pooled[r][0] for r in rows]),
-                                   torch.stack([pooled[r][1] for r in rows]))
+            codes = self.summarize(torch.stack([pooled[r] for r in rows]))
             self.summary[torch.tensor(rows)] = codes.to(torch.int8).cpu()
             while len(self._pooling) > MAX_POOLING:  # spans that never complete (cut short): the oldest go
                 del self._pooling[min(self._pooling)]
