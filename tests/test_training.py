@@ -242,3 +242,10 @@ def test_phase5_trains_the_retriever_and_calibrates_it_on_dev(tmp_path):
     assert not torch.equal(before["symphony_retriever.proj.weight"], after["symphony_retriever.proj.weight"])
     assert float(after["symphony_retriever.min_similarity"]) == pytest.approx(report["calibration"]["min_similarity"], abs=1e-4)
     assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("symphony_retriever."))
+    from symphony.memory.checkpoint import load_retriever
+    from symphony.memory.inject import retriever_of
+    from symphony.models import load_model
+
+    bare = load_model(cfg.model, seed=cfg.seed).model  # the retriever alone, as it ships
+    load_retriever(bare, run / "phase5" / "retriever.safetensors", cfg.model.name)
+    assert torch.equal(retriever_of(bare).proj.weight, after["symphony_retriever.proj.weight"])

@@ -135,6 +135,16 @@ def memory_budget(text: str | None, device: torch.device, sharing: int = 1) -> t
     return limit, base
 
 
+def retriever_setting(cfg) -> dict[str, str]:
+    """The retriever file recall uses beside a checkpoint's own (memory.retriever): none recorded when there is
+    none, so runs from before the retriever still resume."""
+    from symphony.memory.checkpoint import file_sha256, packaged_retriever
+
+    choice = cfg.memory.retriever
+    f = None if choice == "off" else packaged_retriever(cfg.model.name) if choice == "auto" else Path(choice)
+    return {"retriever": f"{f.name} sha256:{file_sha256(f)[:16]}"} if f is not None else {}
+
+
 def run_settings(cfg, seed: int, haystack: str | None, corpus: str, max_new_tokens: Any, **suite: Any) -> dict[str, Any]:
     """What a resumed run must share with the run it continues (see _settings_guard); `suite`: the suite's own."""
     return {
@@ -142,6 +152,7 @@ def run_settings(cfg, seed: int, haystack: str | None, corpus: str, max_new_toke
         "haystack": haystack or "builtin", "haystack_chars": len(corpus),
         "max_new_tokens": max_new_tokens, "salience": dict(vars(cfg.salience)),
         **({"checkpoint": cfg.memory.checkpoint} if cfg.memory.checkpoint else {}),  # trained adapters used
+        **retriever_setting(cfg),
         **({} if cfg.memory.copy_head else {"copy_head": False}),  # ablation: trained copy head not mixed in
         # the method is per row, so the configured default policy does not matter
         "cache": {k: v for k, v in vars(cfg.cache).items() if k != "policy"},

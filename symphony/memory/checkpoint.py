@@ -31,7 +31,7 @@ MANIFEST_FILE = "manifest.json"
 
 # ---- checkpoints -------------------------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -51,7 +51,7 @@ def save_adapters(model: nn.Module, out_dir: str | Path, manifest: dict | None =
     manifest = dict(manifest or {})
     manifest["adapters"] = {
         "file": ADAPTERS_FILE,
-        "sha256": _sha256(path),
+        "sha256": file_sha256(path),
         "bytes": path.stat().st_size,
         "tensors": len(tensors),
         "parameters": sum(t.numel() for t in tensors.values()),
@@ -101,7 +101,7 @@ def _read_checkpoint(out_dir: Path) -> tuple[dict[str, torch.Tensor], dict | Non
             raise SymphonyError(f"{mpath} is corrupt (not valid JSON); rebuild it: "
                                 f"{_rebuild_hint(out_dir)}") from None
         expected = (manifest.get("adapters") or {}).get("sha256")
-        if expected and _sha256(path) != expected:
+        if expected and file_sha256(path) != expected:
             raise SymphonyError(f"{path} is corrupt (its sha256 does not match {mpath}); rebuild it: "
                                 f"{_rebuild_hint(out_dir)}")
     try:

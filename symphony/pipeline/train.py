@@ -24,7 +24,7 @@ import torch
 
 from symphony.config import SymphonyConfig, parse_int_list, recorded_memory_config
 from symphony.errors import SymphonyError
-from symphony.memory.checkpoint import ADAPTERS_FILE, load_checkpoint, save_adapters
+from symphony.memory.checkpoint import ADAPTERS_FILE, load_checkpoint, save_adapters, save_retriever
 from symphony.memory.inject import adapter_state_dict, memory_adapters, pointer_heads, retriever_of
 from symphony.memory.kinds import calibrated_parameter_names
 from symphony.memory.persistent import PERSISTENT_ATTR, persistent_memory
@@ -169,6 +169,9 @@ def _trained_cache(cache: dict) -> dict:
     return out
 
 
+RETRIEVER_FILE = "retriever.safetensors"  # phase 5's trained retriever alone (memory.retriever=FILE loads it)
+
+
 def run_training_phase(cfg: SymphonyConfig, run_dir: str | Path, phase: int, force: bool = False,
                        progress: bool = True, on_step=None) -> dict:
     from symphony.pipeline.dataset import load_split
@@ -284,6 +287,9 @@ def _publish(model, run: PhaseRun, spec: TrainingSpec, body: dict, trained: bool
             shutil.copyfile(run.dir / RUNNING_METRICS, stage / METRICS_FILE)
             plot_losses(stage / METRICS_FILE, stage / "loss.png", f"phase {run.number} ({phase_title(run.number)})")
         save_adapters(model, stage, make_manifest(run.number, body))
+        if "retriever" in body and body["retriever"].get("status") != "skipped":  # also on its own, to ship
+            save_retriever(model, stage / RETRIEVER_FILE, body["config"]["model"]["name"],
+                           trained_by=f"symphony run-phase {run.number} (phase 5 of {run.run_dir})")
     if trained and spec.exports_final:
         with staged_dir(Path(run.run_dir) / "final") as stage:
             save_adapters(model, stage, make_manifest(run.number, {**body, "name": "final"}))
@@ -301,7 +307,8 @@ def check_pipeline_trains(cfg: SymphonyConfig, run_dir: str | Path, first: int, 
         recorded = (read_manifest(run_dir, 2, config=cfg).get("config") or {}).get("memory")
         if isinstance(recorded, dict):
             memory, where = recorded, f" in {phase_dir(run_dir, 2)}"
-    if memory.get("kind", "none") != "none" or memory.get("pointer") or memory.get("persistent_tokens", 0) > 0:
+    if (memory.get("kind", "none") != "none" or memory.get("pointer") or memory.get("persistent_tokens", 0) > 0
+            or memory.get("retriever_dim", 0) > 0):
         return
     suggested = copy.deepcopy(cfg)
     suggested.memory.kind, suggested.memory.pointer = "titans", True
