@@ -152,3 +152,27 @@ def test_a_retriever_file_round_trips_and_a_wrong_one_is_refused_in_one_line(tin
 
     with pytest.raises(SymphonyError, match="memory.retriever"):
         load_config("tiny", [f"memory.retriever={tmp_path / 'missing.safetensors'}"])
+
+
+def test_the_retriever_adds_no_look_alike_the_lexical_search_already_judged():
+    """A question that shares its fact's words: the lexical pick stands; the span nearest by summary (here a
+    look-alike of the same template) is not re-read beside it."""
+    from helpers import TEMPLATE
+
+    ids = hay(400, seed=5)
+    asked = TEMPLATE + [23, 15, 33, 34, DOT]
+    other = TEMPLATE + [24, 15, 36, 37, DOT]
+    ids[99:100 + len(asked)] = torch.tensor([DOT] + asked)
+    ids[299:300 + len(other)] = torch.tensor([DOT] + other)
+    feats = torch.zeros(400, 8)
+    feats[300:310, 0] = 1.0  # the look-alike's spans are nearest the question's summary
+    feats[:, 1] = 0.1
+    led = RecallLedger(800, 8, summary_dim=8, summarize=lambda pooled: SpanRetriever.quantize(
+        torch.nn.functional.normalize(pooled, dim=-1)))
+    led.add(torch.arange(400), ids, torch.zeros(400), feats)
+    question = [50, 12, 13, 14, 23, 51]
+    near = torch.nn.functional.normalize(torch.tensor([1.0, 0.1, 0, 0, 0, 0, 0, 0]), dim=0)
+    assert led.search(question, 64, kinds=KINDS, query_summary=near, min_similarity=0.5) == [asked]
+    # with no lexical pick at all, the nearest span's sentences are what comes back
+    runs = led.search([250, 251], 64, kinds=KINDS, query_summary=near, min_similarity=0.5)
+    assert any(r[i:i + len(other)] == other for r in runs for i in range(len(r))) and sum(map(len, runs)) <= 32

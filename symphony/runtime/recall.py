@@ -401,10 +401,12 @@ class RecallLedger:
         return best_start.tolist()
 
     def _by_meaning(self, query: Query, query_summary: torch.Tensor, extra: dict[int, torch.Tensor],
-                    kinds: TokenKinds | None, k: int, max_unit: int, min_similarity: float) -> list[Unit]:
+                    kinds: TokenKinds | None, k: int, max_unit: int, min_similarity: float,
+                    judged: float = math.inf) -> list[Unit]:
         """Every unit that lies in one of the `k` spans nearest the question, if at least `min_similarity` near
         (a span's summary says the fact is in it, not which of its sentences: all of them come back whole), with
-        that span's similarity."""
+        that span's similarity; none of a span holding a unit whose query weight reaches `judged` (a look-alike
+        that lost to the lexical picks), so the retriever only adds what the wording hid."""
         near = [(s, float(similarity(query_summary, self.summary[self._row(s)][None])[0]))
                 for s in self._nearest(query_summary, k)]
         near = [(s, sim) for s, sim in near if sim >= min_similarity]
@@ -413,12 +415,14 @@ class RecallLedger:
         found = units(self._runs([s for s, _ in near], extra, -(-max_unit // self.span_len)), query, kinds, max_unit,
                       every=True)
         out = []
-        for u in found:
-            inside = [sim for s, sim in near if u.start < s + self.span_len and s < u.end]
-            if inside:
-                u.similarity = max(inside)
+        for s, sim in near:
+            mine = [u for u in found if u.start < s + self.span_len and s < u.end]
+            if any(u.score >= judged for u in mine):
+                continue  # a look-alike the question's own terms judged already: the span adds nothing
+            for u in mine:
+                u.similarity = max(u.similarity, sim)
                 out.append(u)
-        return out
+        return list({u.start: u for u in out}.values())
 
     def search(self, query_ids: list[int] | torch.Tensor, budget_tokens: int, min_gain: float = 0.5,
                live: tuple[torch.Tensor, torch.Tensor] | None = None, max_candidates: int = MAX_CANDIDATES,
@@ -450,7 +454,9 @@ class RecallLedger:
         found = self._units(query, extra, kinds, max_candidates, max_unit)
         picks = pick(found, query.weight, budget_tokens, min_gain)
         if query_summary is not None and self.summary_dim:
-            near = self._by_meaning(query, query_summary, extra, kinds, semantic_spans, max_unit, min_similarity)
+            judged = min_gain * picks[0].score if picks else math.inf
+            near = self._by_meaning(query, query_summary, extra, kinds, semantic_spans, max_unit, min_similarity,
+                                    judged)
             picks = picks + pick_by_meaning(near, picks, budget_tokens)
         frontier = picks
         for _ in range(hops if kinds is not None else 0):
