@@ -237,7 +237,7 @@ def test_phase5_trains_the_retriever_and_calibrates_it_on_dev(tmp_path):
     assert out["status"] == "written"
     report = json.loads((run / "phase5" / "manifest.json").read_text())["retriever"]
     assert report["steps"] == 20 and report["loss_last"] < report["loss_first"]
-    assert report["calibrated_on"] == "dev" and report["calibration"]["examples"] > 0
+    assert report["calibrated_on"].startswith("dev") and report["calibration"]["examples"] > 0
     before, after = adapters(run / "phase4"), adapters(run / "phase5")
     assert not torch.equal(before["symphony_retriever.proj.weight"], after["symphony_retriever.proj.weight"])
     assert float(after["symphony_retriever.min_similarity"]) == pytest.approx(report["calibration"]["min_similarity"], abs=1e-4)

@@ -28,7 +28,7 @@ from symphony.pipeline.runs import (
 )
 
 PHASE = 3
-DATA_VERSION = 2  # bump when the sample format changes: old datasets then need --force
+DATA_VERSION = 3  # bump when the sample format changes: old datasets then need --force
 SPLITS = ("train", "dev")
 COLUMNS = ("input_ids", "loss_mask", "keep_mask", "kind", "answer", "answer_start", "question", "length", "retrieval")
 REQUIRED = COLUMNS[:-1]  # a dataset built before `retrieval` (version 1) still trains everything but the retriever
@@ -165,7 +165,7 @@ def build_dataset(cfg: SymphonyConfig, run_dir: str | Path, force: bool = False,
         splits = {}
         with tqdm(total=sum(counts.values()), desc="phase 3 dataset", unit="sample", disable=not progress) as bar:
             for split in SPLITS:
-                builder = TaskBuilder(tokenizer, regions[split], words)
+                builder = TaskBuilder(tokenizer, regions[split], words, split)
                 samples = generate(builder, split, counts[split], cfg.seed, tasks, lengths, cfg.data.distractors)
                 splits[split] = write_split(samples, stage, split, bar)
         body = {

@@ -52,6 +52,14 @@ PAIRS = [
     ("The {name} airport handled {value} flights last year.", "How many planes used the {name} airfield?"),
 ]
 
+DEV_TEMPLATES = 8  # the last templates are the dev split's only: its calibration then sees wording never trained on
+
+
+def templates(split: str) -> list[tuple[str, str]]:
+    """The templates a phase 3 split draws from: train and dev share none."""
+    return PAIRS[-DEV_TEMPLATES:] if split == "dev" else PAIRS[:-DEV_TEMPLATES]
+
+
 _SYLLABLES = "bar ven tol mir kas dun fel gor hal jin lor mun nes pal quor ril sam tev ur wil yor zan".split()
 
 

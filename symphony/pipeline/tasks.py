@@ -60,12 +60,13 @@ class Fact:
 class TaskBuilder:
     """Builds samples of every kind from one tokenizer and one region of corpus token ids."""
 
-    def __init__(self, tokenizer, corpus_ids: list[int], words: list[str]):
+    def __init__(self, tokenizer, corpus_ids: list[int], words: list[str], split: str = "train"):
         if not corpus_ids:
             raise SymphonyError("the data source is empty after tokenisation")
         self.tok = tokenizer
         self.corpus_ids = corpus_ids
         self.words = words or ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]
+        self.paraphrases = paraphrases.templates(split)  # train and dev draw from disjoint wordings
         before, self.after = ChatFormat.from_tokenizer(tokenizer).first_user
         self.before_ids = self.encode(before)
         eos = getattr(tokenizer, "eos_token_id", None)
@@ -111,7 +112,7 @@ class TaskBuilder:
             ids = self.haystack(rng, length)
             return Sample(ids, [1] * length, [0] * length, "lm", "", length, "", length)
         make = {"needle": needle_fact, "multikey": multikey_fact, "passkey": passkey_fact, "kv": kv_fact,
-                "copy": self.copy_fact, "paraphrase": paraphrase_fact}.get(kind)
+                "copy": self.copy_fact, "paraphrase": self.paraphrase_fact}.get(kind)
         if make is None:
             raise SymphonyError(f"unknown task kind '{kind}'")
         fact = make(rng, distractors)
@@ -155,6 +156,9 @@ class TaskBuilder:
         kept = self.decode([t for t, k in zip(s.input_ids, s.keep_mask) if k])
         if s.answer not in kept:
             raise RuntimeError(f"{s.kind} sample: the kept tokens do not contain the answer {s.answer!r}")
+
+    def paraphrase_fact(self, rng: random.Random, distractors: int = 3) -> Fact:
+        return paraphrase_fact(rng, distractors, self.paraphrases)
 
     def copy_fact(self, rng: random.Random, distractors: int = 0) -> Fact:
         """A span of random words and codes (16-32 tokens), planted early; asked to be repeated exactly."""
@@ -206,10 +210,10 @@ def passkey_fact(rng: random.Random, distractors: int = 0) -> Fact:
                 "What is the pass key? Answer with the number only.", key)
 
 
-def paraphrase_fact(rng: random.Random, distractors: int = 3) -> Fact:
-    """A fact asked about in other words (`paraphrases`), a look-alike of the same template under another name,
-    and `distractors - 1` facts of other templates."""
-    templates = rng.sample(paraphrases.PAIRS, max(1, distractors))
+def paraphrase_fact(rng: random.Random, distractors: int = 3, pairs: list[tuple[str, str]] | None = None) -> Fact:
+    """A fact asked about in other words (`paraphrases`: `pairs` of them), a look-alike of the same template under
+    another name, and `distractors - 1` facts of other templates."""
+    templates = rng.sample(pairs or paraphrases.PAIRS, max(1, distractors))
     filled = [paraphrases.fill(templates[0], rng)]
     while len(filled) < 1 + (distractors > 0):
         other = paraphrases.fill(templates[0], rng)
