@@ -249,16 +249,20 @@ def ruler(root: Path) -> None:
         done[hay.name] = set(tasks)
         cols = [c for c in RULER_COLUMNS if any(r["step"] == c[0] and r["method"] == c[1] for r in rows)]
         print(f"\n**Haystack: {hay.name}**\n")
-        print("| task | " + " | ".join(c[2] for c in cols) + " | re-read whole, Symphony 16k |")
+        reread_steps = [st for st in ("16k", "32k") if any(r["step"] == st and r["method"] == "symphony" for r in rows)]
+        print("| task | " + " | ".join(c[2] for c in cols) + f" | re-read whole, Symphony {' / '.join(reread_steps)} |")
         print("|---|" + "---:|" * (len(cols) + 1))
         for t in tasks:
             cells = []
             for step, method, _ in cols:
                 got = [r["score"] for r in rows if r["task"] == t and r["step"] == step and r["method"] == method]
                 cells.append(f"{sum(got) / len(got):.0f} ({len(got)})" if got else "")
-            sym = [r for r in rows if r["task"] == t and r["step"] == "16k" and r["method"] == "symphony"]
-            whole = sum(r.get("facts_reread", 0) == len(r["references"]) for r in sym)
-            print(f"| {t} | " + " | ".join(cells) + (f" | {whole}/{len(sym)} |" if sym else " | |"))
+            whole = []
+            for st in reread_steps:
+                sym = [r for r in rows if r["task"] == t and r["step"] == st and r["method"] == "symphony"]
+                n = sum(r.get("facts_reread", 0) == len(r["references"]) for r in sym)
+                whole.append(f"{n}/{len(sym)}" if sym else "-")
+            print(f"| {t} | " + " | ".join(cells) + f" | {' / '.join(whole)} |")
         elsewhere = [t for t in done.get("builtin", ()) if t not in done[hay.name] and TASKS[t].haystack != "essay"]
         if hay.name != "builtin" and elsewhere:
             print(f"\n{', '.join(sorted(elsewhere, key=order.get))}: not run here; they read RULER's noise text or "
