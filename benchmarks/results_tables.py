@@ -74,6 +74,18 @@ def titans_extensions(d):
         print(f"| {m['variant']} | " + " | ".join(f"{m[k][0]:.3f}" for k in keys) + " |")
 
 
+def retriever_check(d):
+    rows = d["rows"]
+    print("| haystack | question | facts re-read whole, with the retriever | lexical recall alone |")
+    print("|---|---|---:|---:|")
+    for hay in dict.fromkeys(r["haystack"] for r in rows):
+        for q in ("named", "unnamed"):
+            got = {m: [r["found"] for r in rows if (r["haystack"], r["question"], r["mode"]) == (hay, q, m)]
+                   for m in ("retriever", "lexical")}
+            print(f"| {hay} | {q} | {sum(got['retriever'])}/{len(got['retriever'])} | "
+                  f"{sum(got['lexical'])}/{len(got['lexical'])} |")
+
+
 def needle(d):
     lengths = sorted({r["context_len"] for r in d["rows"]})
     print("| method | " + " | ".join(f"{n // 1024}k" for n in lengths) + " | all |")
@@ -192,6 +204,13 @@ SECTIONS = [  # (title, JSON under the results folder, table, how it was measure
     ("Memory modules to one million tokens", "memory_throughput_1m.json", memory_modules,
      "`python benchmarks/memory_throughput.py --tokens 4096,65536,1048576`: FHRR and Titans state bytes are the same "
      "at 4k, 64k and 1M tokens, every value finite."),
+    ("Recall of facts worded unlike the question: the HEP-DNA retriever", "retriever_check.json", retriever_check,
+     "`python benchmarks/retriever_check.py --retriever RUN/phase5/retriever.safetensors` after `symphony pipeline -c "
+     "smollm2-135m-retriever --to 5 -r RUN` (the retriever alone: 64 bytes a span, layer 6, trained on 32 paraphrase "
+     "templates, calibrated on 8 others): each of the eval's 13 paraphrase templates (held out) planted with 3 facts "
+     "of other templates in 4,096 tokens, the recall search run with and without the retriever on the same stream. "
+     "*named*: RULER's paraphrase question (shares the name with the fact); *unnamed*: the same without the name "
+     "(no content word shared). No answer is generated: this is what recall hands the model."),
     ("Titans extensions", "titans_interference.json", titans_extensions,
      "`python benchmarks/titans_interference.py`: symplectic gating and manifold paging (off by default) on an "
      "interference benchmark (recall loss; 1.0 = answers 0). Neither helped: task A is lost after B in every variant."),
