@@ -210,7 +210,8 @@ SECTIONS = [  # (title, JSON under the results folder, table, how it was measure
      "templates, calibrated on 8 others): each of the eval's 13 paraphrase templates (held out) planted with 3 facts "
      "of other templates in 4,096 tokens, the recall search run with and without the retriever on the same stream. "
      "*named*: RULER's paraphrase question (shares the name with the fact); *unnamed*: the same without the name "
-     "(no content word shared). No answer is generated: this is what recall hands the model."),
+     "(no content word shared). No answer is generated: this is what recall hands the model. In 18 of the 26 streams "
+     "the ledger still held the fact's tokens as KV; recall searches those slots too."),
     ("Titans extensions", "titans_interference.json", titans_extensions,
      "`python benchmarks/titans_interference.py`: symplectic gating and manifold paging (off by default) on an "
      "interference benchmark (recall loss; 1.0 = answers 0). Neither helped: task A is lost after B in every variant."),
