@@ -13,7 +13,7 @@ from symphony.config import (
 )
 from symphony.errors import SymphonyError
 
-PRESETS = ["qwen2.5-1.5b", "qwen2.5-7b-8gb", "smollm2-135m", "smollm2-135m-cpu", "tiny"]
+PRESETS = ["qwen2.5-1.5b", "qwen2.5-7b-8gb", "smollm2-135m", "smollm2-135m-cpu", "smollm2-135m-retriever", "tiny"]
 
 
 def test_preset_names_are_the_shipped_yaml_files():

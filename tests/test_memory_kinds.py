@@ -114,7 +114,10 @@ def test_phase2_fingerprint_is_the_one_runs_were_made_with():
             "chunk_size": m.chunk_size, "titans_hidden": 0, "titans_symplectic": False, "titans_pages": 2,
             "titans_page_threshold": 0.5, "titans_read_norm": True, "gate_init": 0.0, "copy_head": m.copy_head,
             "persistent_tokens": 0, "num_tasks": 1}
-    assert flat_memory_dict(m) == {**flat, "checkpoint": ""}
+    assert flat_memory_dict(m) == {**flat, "checkpoint": "", "retriever": "auto", "retriever_dim": 0,
+                                   "retriever_layer": -1}
+    assert phase2_fingerprint(cfg) == fingerprint({"phase1": phase1_fingerprint(cfg), "memory": flat, "seed": cfg.seed})
+    cfg.memory.retriever = "off"  # what recall loads, not what phase 2 builds
     assert phase2_fingerprint(cfg) == fingerprint({"phase1": phase1_fingerprint(cfg), "memory": flat, "seed": cfg.seed})
 
 

@@ -30,7 +30,10 @@ VERIFY_SEGMENT = 256  # at most this many per forward: the memory state carries 
 
 def phase2_fingerprint(cfg: SymphonyConfig) -> str:
     # flat, in the key names runs were made with before kinds had sections: their phase 2 stays up to date
-    memory = {k: v for k, v in flat_memory_dict(cfg.memory).items() if k != "checkpoint"}  # what to load, not build
+    memory = {k: v for k, v in flat_memory_dict(cfg.memory).items()
+              if k not in ("checkpoint", "retriever")}  # what to load, not build
+    if not cfg.memory.retriever_dim:  # built without a retriever: the fingerprint runs made before it had
+        memory = {k: v for k, v in memory.items() if k not in ("retriever_dim", "retriever_layer")}
     return fingerprint({"phase1": phase1_fingerprint(cfg), "memory": memory, "seed": cfg.seed})
 
 

@@ -154,8 +154,13 @@ def phase_fingerprint(cfg: SymphonyConfig, run_dir: Path, phase: int) -> str:
     prev = training_spec(phase).starts_from
     d = cfg.to_dict()
     return fingerprint({"phase": phase, "prev": read_manifest(run_dir, prev).get("fingerprint"),
-                        "data": read_manifest(run_dir, 3).get("fingerprint"), "train": d["train"],
+                        "data": read_manifest(run_dir, 3).get("fingerprint"), "train": _trained_train(d["train"], phase),
                         "cache": _trained_cache(d["cache"]), "salience": d["salience"], "seed": cfg.seed})
+
+
+def _trained_train(train: dict, phase: int) -> dict:
+    """The train settings a phase's fingerprint hashes: the retriever's steps only where they are used (phase 5)."""
+    return train if training_spec(phase).retriever else {k: v for k, v in train.items() if k != "retriever_steps"}
 
 
 def _trained_cache(cache: dict) -> dict:
