@@ -268,7 +268,7 @@ def load_retriever(model: nn.Module, path: str | Path, model_name: str | None = 
     has; refused in one line when it was made for another model or another width."""
     from safetensors import SafetensorError, safe_open
 
-    from symphony.memory.inject import RETRIEVER_ATTR, _branch_placement
+    from symphony.memory.inject import RETRIEVER_ATTR, _branch_placement, _text_config
     from symphony.memory.retriever import SpanRetriever
 
     p = Path(path).expanduser()
@@ -281,8 +281,7 @@ def load_retriever(model: nn.Module, path: str | Path, model_name: str | None = 
                             " save_retriever, or set memory.retriever=off") from None
     if meta.get("format") != RETRIEVER_FORMAT:
         raise SymphonyError(f"{p} is not a {RETRIEVER_FORMAT} file; pass one written by save_retriever")
-    width = model.get_input_embeddings().embedding_dim if hasattr(model, "get_input_embeddings") else None
-    hidden = getattr(getattr(model, "config", None), "hidden_size", width)
+    hidden = getattr(_text_config(model), "hidden_size", None) if hasattr(model, "config") else None
     if model_name and meta.get("model") not in (None, "", model_name):
         raise SymphonyError(f"the retriever {p} was trained for model '{meta['model']}', not '{model_name}';"
                             " set memory.retriever=off or pass one trained for this model")

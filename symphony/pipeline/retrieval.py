@@ -99,22 +99,24 @@ def train_retriever(retriever: SpanRetriever, examples: list[RetrievalExample], 
 
 
 @torch.no_grad()
-def top1(retriever: SpanRetriever, examples: list[RetrievalExample]) -> float:
-    """Share of examples whose nearest span (by the retriever, among the valid candidates) is the target."""
+def nearest(retriever: SpanRetriever, examples: list[RetrievalExample]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(similarity [b], is it the target [b]) of each example's nearest valid candidate, by the retriever."""
     questions, cands, target, valid = stack(examples)
     sims = torch.einsum("bk,bmk->bm", retriever.encode(questions), retriever.encode(cands))
-    sims = sims.masked_fill(~valid, float("-inf"))
-    return float((sims.argmax(1) == target).float().mean())
+    best, where = sims.masked_fill(~valid.to(sims.device), float("-inf")).max(1)
+    return best.cpu(), where.cpu() == target
+
+
+def top1(retriever: SpanRetriever, examples: list[RetrievalExample]) -> float:
+    """Share of examples whose nearest span (by the retriever, among the valid candidates) is the target."""
+    return float(nearest(retriever, examples)[1].float().mean())
 
 
 @torch.no_grad()
 def calibrate(retriever: SpanRetriever, examples: list[RetrievalExample]) -> dict:
     """Set `min_similarity` from `examples` (the dev split): the threshold above which the nearest span is more
     often the fact than not, counted as right picks minus wrong ones (ties: the higher threshold)."""
-    questions, cands, target, valid = stack(examples)
-    sims = torch.einsum("bk,bmk->bm", retriever.encode(questions), retriever.encode(cands)).masked_fill(~valid, -2.0)
-    best, where = sims.max(1)
-    right = where == target
+    best, right = nearest(retriever, examples)
     gain, threshold = 0, UNCALIBRATED
     for t in sorted(best.tolist(), reverse=True):
         g = int((right & (best >= t)).sum()) - int((~right & (best >= t)).sum())

@@ -388,8 +388,9 @@ class RecallLedger:
         starts = self._candidates(query, extra, limit)
         return units(self._runs(starts, extra, -(-max_unit // self.span_len)), query, kinds, max_unit)
 
-    def _nearest(self, query_summary: torch.Tensor, k: int) -> list[int]:
-        """Starts of the `k` archived spans whose summaries are nearest the question's (most similar first)."""
+    def _nearest(self, query_summary: torch.Tensor, k: int) -> list[tuple[int, float]]:
+        """(start, similarity) of the `k` archived spans whose summaries are nearest the question's (nearest
+        first)."""
         best_sim, best_start = torch.empty(0), torch.empty(0, dtype=torch.int64)
         for lo in range(0, self.rows, CHUNK_SPANS):
             codes, start = self.summary[lo:lo + CHUNK_SPANS], self.start[lo:lo + CHUNK_SPANS]
@@ -398,7 +399,7 @@ class RecallLedger:
             start = torch.cat([best_start, start[used]])
             top = torch.sort(sim, descending=True, stable=True).indices[:k]
             best_sim, best_start = sim[top], start[top]
-        return best_start.tolist()
+        return list(zip(best_start.tolist(), best_sim.tolist()))
 
     def _by_meaning(self, query: Query, query_summary: torch.Tensor, extra: dict[int, torch.Tensor],
                     kinds: TokenKinds | None, k: int, max_unit: int, min_similarity: float,
@@ -407,9 +408,7 @@ class RecallLedger:
         (a span's summary says the fact is in it, not which of its sentences: all of them come back whole), with
         that span's similarity; none of a span holding a unit whose query weight reaches `judged` (a look-alike
         that lost to the lexical picks), so the retriever only adds what the wording hid."""
-        near = [(s, float(similarity(query_summary, self.summary[self._row(s)][None])[0]))
-                for s in self._nearest(query_summary, k)]
-        near = [(s, sim) for s, sim in near if sim >= min_similarity]
+        near = [(s, sim) for s, sim in self._nearest(query_summary, k) if sim >= min_similarity]
         if not near:
             return []
         found = units(self._runs([s for s, _ in near], extra, -(-max_unit // self.span_len)), query, kinds, max_unit,
