@@ -318,6 +318,38 @@ def ruler(root: Path) -> None:
                   "give the same reply.")
 
 
+NEEDLE_DISTRACTORS = """`symphony eval needle --haystack HAYSTACK --distractors 3 --lengths 32k,64k --depths 10,50,90
+--methods symphony`: a 7-digit number planted at each depth with three look-alike needles (same template, other keys)
+elsewhere in the haystack; the answer counts only if it is the asked key's number. The goal is 9/9 per haystack."""
+
+
+def needle_distractors(root: Path) -> None:
+    for path in sorted((root / "needle_distractors").glob("*/needle.json"), key=lambda p: p.parent.name != "builtin"):
+        print(f"\n**Haystack: {path.parent.name}**\n")
+        needle(load(path))
+        wrong = [r for r in load(path)["rows"] if r.get("correct") is False]
+        for r in wrong:
+            print(f"\n- missed: {r['context_len'] // 1024}k, depth {r.get('depth')}: answered "
+                  f"{r.get('generated', '')!r} (expected {r.get('expected')})")
+
+
+RULER_CEILING = """`python benchmarks/ruler_ceiling.py --tasks niah_multiquery,niah_multivalue,vt --haystacks builtin,manpages
+--samples 6 --length 16k`: the same samples as `symphony eval ruler` at 16k (same generator and seed), answered by
+the model with full attention after what perfect recall would hand it: the last 1,536 tokens of the context, then
+every sentence that holds a reference, one per line, then the question. This is the ceiling Symphony's recall
+cannot lift: below 100, the 135M model fails with every fact in plain view."""
+
+
+def ruler_ceiling(d) -> None:
+    print("| haystack | task | mean score | samples with every reference |")
+    print("|---|---|---:|---:|")
+    for hay in dict.fromkeys(r["haystack"] for r in d["rows"]):
+        for task in dict.fromkeys(r["task"] for r in d["rows"]):
+            got = [r["score"] for r in d["rows"] if r["haystack"] == hay and r["task"] == task]
+            if got:
+                print(f"| {hay} | {task} | {sum(got) / len(got):.0f} | {sum(s == 100 for s in got)}/{len(got)} |")
+
+
 def render(root: Path) -> str:
     import contextlib
     import io
@@ -332,6 +364,12 @@ def render(root: Path) -> str:
             table(d)
         images = " ".join(f"![{png}](results/{png})" for png in PLOTS.get(name, ()) if (root / png).is_file())
         parts.append(f"## {title}\n\n{prose}\n\n{buf.getvalue().rstrip()}\n" + (f"\n{images}\n" if images else ""))
+    if list(root.glob("needle_distractors/*/needle.json")):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            needle_distractors(root)
+        parts.append(f"## Needle with three look-alikes, two haystacks\n\n{NEEDLE_DISTRACTORS}\n"
+                     f"{buf.getvalue().rstrip()}\n")
     if (root / "ruler").is_dir():
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
@@ -339,6 +377,13 @@ def render(root: Path) -> str:
         images = " ".join(f"![{p.parent.parent.name} {p.parent.name}](results/{p.relative_to(root)})"
                           for p in sorted((root / "ruler").glob("*/*/ruler.png")) if p.parent.name in ("4k", "16k"))
         parts.append(f"## Recall: RULER-style tasks\n\n{RULER}\n{buf.getvalue().rstrip()}\n\n{images}\n")
+    ceiling = load(root / "ruler_ceiling.json")
+    if ceiling is not None:
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            ruler_ceiling(ceiling)
+        parts.append(f"## RULER with perfect recall: what the model itself can do\n\n{RULER_CEILING}\n\n"
+                     f"{buf.getvalue().rstrip()}\n")
     if list(root.glob("train/*")):
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):

@@ -331,6 +331,8 @@ def _coerce(value: Any, current: Any, name: str) -> Any:
             if isinstance(value, str) and value.lower() in ("true", "false", "on", "off", "1", "0", "yes", "no"):
                 return value.lower() in ("true", "on", "1", "yes")
             raise ValueError
+        if target is str and isinstance(value, bool):
+            return "on" if value else "off"  # YAML reads a bare off/no/false as a bool: `memory.retriever=off`
         if target in (int, float) and isinstance(value, bool):
             raise ValueError  # int(True) == 1: `cache.window=true` must not silently mean 1
         if target is int and isinstance(value, float):

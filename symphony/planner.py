@@ -194,7 +194,8 @@ def embedding_params(config) -> int:
 def memory_terms(mem_cfg, config) -> tuple[int, int, str]:
     """Bytes the memory adapters add: (fixed, per cache slot, what in words). Fixed = adapter, pointer and
     persistent-memory parameters plus every adapter's recurrent state (constant in the stream length);
-    per slot = one float32 input row per adapter. The modules are built on the meta device: no memory."""
+    per slot = one float32 input row per adapter, and the retriever's fp16 hidden-state row. The modules are built
+    on the meta device: no memory."""
     import torch
 
     from symphony.config import parse_layer_spec
@@ -221,7 +222,14 @@ def memory_terms(mem_cfg, config) -> tuple[int, int, str]:
     if mem_cfg.persistent_tokens > 0:
         params += mem_cfg.num_tasks * mem_cfg.persistent_tokens * c.hidden_size * 4
         what.append(f"persistent memory ({mem_cfg.num_tasks} x {mem_cfg.persistent_tokens} tokens)")
-    return params + state, n_layers * dim * 4, "; ".join(what)
+    per_slot = n_layers * dim * 4
+    if mem_cfg.retriever_dim > 0 and mem_cfg.retriever != "off":
+        # projection + centre + threshold (float32); the cache keeps each slot's hidden states at the retriever's
+        # layer (fp16) until the slot is archived and pooled into its span's summary
+        params += (c.hidden_size * (mem_cfg.retriever_dim + 1) + 1) * 4
+        per_slot += c.hidden_size * 2
+        what.append(f"HEP-DNA retriever ({c.hidden_size * 2:,} B/slot hidden states)")
+    return params + state, per_slot, "; ".join(what)
 
 
 # -- the `symphony plan` command's library side ---------------------------------------------------------

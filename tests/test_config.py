@@ -117,6 +117,16 @@ def test_string_override_that_looks_like_a_number_stays_a_string():
     assert load_config("tiny", ["calibration.text=123"]).calibration.text == "123"
 
 
+@pytest.mark.parametrize("text", ["off", "Off", "no", "false"])
+def test_off_for_a_string_key_is_off_not_false(text, tmp_path):
+    """YAML reads a bare `off` as a bool; the retriever's ablation switch must still read as 'off', from --set
+    and from a YAML file alike."""
+    assert load_config("tiny", [f"memory.retriever={text}"]).memory.retriever == "off"
+    path = tmp_path / "c.yaml"
+    path.write_text(f"memory:\n  retriever: {text}\n")
+    assert load_config(str(path)).memory.retriever == "off"
+
+
 def test_integral_float_is_accepted_for_an_int_key():
     assert load_config("tiny", ["cache.window=512.0"]).cache.window == 512
 

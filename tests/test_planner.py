@@ -241,3 +241,16 @@ def test_plan_counts_memory_adapters_and_persistent_slots():
     assert "4 + 64 + 128 + 8 persistent = 204 slots: fits" in text
     split = report.plan.split(4, 0.25, 16, reserved=8)
     assert sum(split.values()) == report.plan.slots - 8
+
+
+def test_plan_counts_the_retriever_and_its_per_slot_hidden_states():
+    """A HEP-DNA retriever adds its projection (fixed) and one fp16 hidden-state row per cache slot; off, nothing."""
+    keys = ["memory.kind=none", "memory.pointer=false"]
+    base = plan_for(load_config("tiny", keys), "1GB")
+    on = plan_for(load_config("tiny", keys + ["memory.retriever_dim=32"]), "1GB")
+    off = plan_for(load_config("tiny", keys + ["memory.retriever_dim=32", "memory.retriever=off"]), "1GB")
+    dim = on.config.hidden_size
+    assert on.plan.memories - base.plan.memories == (dim * 33 + 1) * 4
+    assert on.plan.memory_per_slot == dim * 2 and base.plan.memory_per_slot == 0
+    assert (off.plan.memories, off.plan.memory_per_slot) == (base.plan.memories, 0)
+    assert "HEP-DNA retriever" in "\n".join(render_plan(on))
