@@ -2,6 +2,7 @@
 chains followed (symphony/runtime/facts.py through RecallLedger.search)."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from helpers import DOT, KINDS, TEMPLATE, hay
@@ -93,6 +94,30 @@ def test_token_kinds_cut_sentences_and_lines_not_numbers(tiny_loaded):
         pieces.append(tok.decode(ids[lo:c + 1].tolist()))
         lo = c + 1
     assert pieces == ["Pi is 3.14 here.", " Next one\n", "line two"]
+
+
+def _pieces(tok, kinds: TokenKinds, text: str) -> list[str]:
+    ids = torch.tensor(tok(text, add_special_tokens=False).input_ids)
+    pieces, lo = [], 0
+    for c in torch.nonzero(kinds.after(ids))[:, 0].tolist():
+        pieces.append(tok.decode(ids[lo:c + 1].tolist()))
+        lo = c + 1
+    return pieces
+
+
+@pytest.mark.real_model
+def test_token_kinds_keep_abbreviations_and_initials_inside_the_sentence(embedded_model_dir):
+    """SmolLM2's tokenizer writes "Dr." as " Dr" + "."; the full stop after an abbreviation or an initial does not
+    cut the fact, one that ends a sentence still does (a one-letter word that merely ends a word does not count)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(embedded_model_dir))
+    kinds = TokenKinds.from_tokenizer(tok)
+    text = ("Dr. Voss's office is in room 4417. Mr. Lee served in the U.S. Army, e.g. at St. Louis. "
+            "He liked plan B. Then he left.")
+    assert _pieces(tok, kinds, text) == ["Dr. Voss's office is in room 4417.",
+                                         " Mr. Lee served in the U.S. Army, e.g. at St. Louis.",
+                                         " He liked plan B. Then he left."]
 
 
 def test_engine_rereads_a_uuid_fact_whole(tiny_loaded):

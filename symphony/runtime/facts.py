@@ -27,20 +27,28 @@ import torch
 
 MAX_UNIT = 96  # tokens: a longer sentence is judged and re-read in pieces of this size (a uuid fact: ~70)
 SENTENCE_PUNCT = (".", "!", "?")
+# a full stop after these (or after an initial: U.S., J. R.) does not end the sentence: "Dr. Voss's office is in
+# room 4417" is one fact. Words that often end a sentence too (etc., Inc.) are not listed.
+ABBREVIATIONS = frozenset("Dr Mr Mrs Ms Mx St Mt Jr Sr Prof Rev Capt Col Gen Lt Sgt Gov Sen Rep Dept No Nos Fig "
+                          "Figs Vol Vols vs approx cf al".split())
 
 
 @dataclass(frozen=True)
 class TokenKinds:
     """What recall needs to know of one tokenizer's vocabulary (bool [V] each). Text is cut into units after
     a token that holds a line break, or after one that ends in . ! ? when whitespace follows (so `3.14` and
-    `example.com` stay whole); hops follow names, pairs of `word` tokens (letters, maybe after a space);
-    `content` tokens hold a letter or digit (the copy rule only ever puts those in place of the model's)."""
+    `example.com` stay whole), except a bare full stop after an abbreviation (`abbrev`: Dr, Mr, ... or a
+    one-letter word, `period`: the token "."); hops follow names, pairs of `word` tokens (letters, maybe after a
+    space); `content` tokens hold a letter or digit (the copy rule only ever puts those in place of the model's)."""
 
     newline: torch.Tensor
     punct: torch.Tensor
     space_start: torch.Tensor
     word: torch.Tensor
     content: torch.Tensor | None = None
+    abbrev: torch.Tensor | None = None  # "Dr", " Mr", " U", "S": a full stop right after one may not end a sentence
+    single: torch.Tensor | None = None  # a one-letter token: an initial when it starts a word or follows a period
+    period: torch.Tensor | None = None  # the token "." alone
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> TokenKinds:
@@ -50,7 +58,10 @@ class TokenKinds:
                    torch.tensor([t.rstrip(" ").endswith(SENTENCE_PUNCT) for t in texts]),
                    torch.tensor([t[:1].isspace() for t in texts]),
                    torch.tensor([t.lstrip(" ").isalpha() for t in texts]),
-                   torch.tensor([any(c.isalnum() for c in t) for t in texts]))
+                   torch.tensor([any(c.isalnum() for c in t) for t in texts]),
+                   torch.tensor([t.strip() in ABBREVIATIONS for t in texts]),
+                   torch.tensor([len(t.strip()) == 1 and t.strip().isalpha() for t in texts]),
+                   torch.tensor([t.strip() == "." for t in texts]))
 
     def after(self, ids: torch.Tensor) -> torch.Tensor:
         """bool [n]: whether a unit ends after each token of `ids` (a run of consecutive text; its last
@@ -63,8 +74,20 @@ class TokenKinds:
         spaced = torch.ones_like(nl)
         spaced[:-1] = self.space_start[safe[1:]] | ~known[1:]
         out = nl | (punct & spaced)
+        if self.abbrev is not None and ids.numel() > 1:
+            out[1:] &= ~(self.period[safe[1:]] & self._abbreviation(safe, known))
         out[-1] = True
         return out
+
+    def _abbreviation(self, safe: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        """bool [n - 1]: whether token i (of 0..n-2) is an abbreviation a full stop at i + 1 belongs to: a listed
+        word, or a one-letter word (an initial: starting a word, or after another initial's full stop)."""
+        prev = safe[:-1]
+        listed = self.abbrev[prev] & known[:-1]
+        starts_word = self.space_start[prev].clone()
+        starts_word[0] = True  # nothing before it in this run
+        starts_word[1:] |= self.period[safe[:-2]] & known[:-2]
+        return listed | (self.single[prev] & known[:-1] & starts_word)
 
 
 @dataclass

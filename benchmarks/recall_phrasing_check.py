@@ -1,0 +1,147 @@
+"""Does recall hold on fact styles and question wordings it was never tuned on? Twelve templates, none of the
+needle or RULER suites' (a code assignment, a table row, an ISBN, a password, a date of birth, ...), each asked by a
+question that shares only the key's name with the fact.
+
+    python benchmarks/recall_phrasing_check.py --haystacks builtin,manpages --length 16k \
+        [--out docs/results/recall_phrasing.json]
+
+Per haystack one document of `--length` tokens gets every template planted four times: the asked fact and three
+look-alikes (the same template, other keys and values), 48 sentences at random depths. The document streams once
+through the default cache; then, for each template, the recall search runs for its question (`found`: the asked
+fact's sentence was re-read whole; `look-alikes`: how many of its three look-alikes were re-read beside it) and the
+model answers on a copy of the stream (`answered`: the reply holds the value exactly). `in_cache`: the fact's
+tokens were still in the cache's KV (ledger or window) when asked, so recall was not the only way to it.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+NAMES = ["Marlowe", "Quenby", "Tarrant", "Ellery", "Voss", "Hadley", "Brannock", "Ostrander", "Pellam", "Wyndham",
+         "Corrigan", "Ashdown", "Farquhar", "Lindqvist", "Mabry", "Nettleton", "Okafor", "Prewitt", "Rosling",
+         "Sandoval", "Thackeray", "Umberto", "Vandermeer", "Whitlock"]
+
+
+def _digits(rng: random.Random, n: int) -> str:
+    return str(rng.randrange(10 ** (n - 1), 10 ** n))
+
+
+def _hex(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice("0123456789abcdef") for _ in range(n))
+
+
+# (fact, question, value drawer): {key} is a name, {value} what the reply must hold
+TEMPLATES = [
+    ("The access code for the {key} vault is {value}.", "What number unlocks the {key} safe?",
+     lambda r: _digits(r, 6)),
+    ("Dr. {key}'s office is in room {value} on the east corridor.", "Where can I find Dr. {key}? Give the room.",
+     lambda r: _digits(r, 4)),
+    ('{KEY}_API_TOKEN = "{value}"', "Which API token does {key} use?", lambda r: _hex(r, 16)),
+    ("Shipment {key} left the harbour carrying {value} crates of tea.",
+     "How many boxes were on board shipment {key}?", lambda r: _digits(r, 4)),
+    ("| host-{key} | port {value} | up |", "On which port does host-{key} listen?", lambda r: _digits(r, 5)),
+    ("The wifi password at the {key} cabin is {value}.", "How do I get online at the {key} cabin?",
+     lambda r: f"{r.choice(['amber', 'cobalt', 'juniper', 'saffron'])}-{_digits(r, 4)}"),
+    ("{key} was born in {value} in a small village near the coast.", "In what year did {key} come into the world?",
+     lambda r: str(r.randrange(1800, 1990))),
+    ("Patient {key}: systolic pressure {value} at the morning check.", "What did the nurse measure for patient {key}?",
+     lambda r: str(r.randrange(101, 189))),
+    ("Set the {key} valve to {value} psi before starting the pump.", "What should the {key} regulator read?",
+     lambda r: _digits(r, 3)),
+    ("ISBN of the {key} atlas: {value}", "Which catalogue number identifies the {key} book of maps?",
+     lambda r: f"978-{_digits(r, 1)}-{_digits(r, 4)}-{_digits(r, 4)}-{_digits(r, 1)}"),
+    ("Our {key} branch closes its ledger on day {value} of each month.",
+     "When does the {key} office do its monthly accounts?", lambda r: str(r.randrange(10, 29))),
+    ("If the {key} alarm sounds, dial extension {value}.", "Who do I call when {key} goes off?",
+     lambda r: _digits(r, 5)),
+]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--haystacks", default="builtin,manpages")
+    ap.add_argument("--length", default="16k")
+    ap.add_argument("-c", "--config", default="smollm2-135m")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--out", default="")
+    args = ap.parse_args(argv)
+
+    from tqdm import tqdm
+
+    from symphony.config import load_config
+    from symphony.corpus import load_text
+    from symphony.errors import SymphonyError
+    from symphony.evaluation.methods import parse_lengths
+    from symphony.runtime import chat
+    from symphony.runtime.engine import engine_from_config
+
+    try:
+        (length,) = parse_lengths(args.length)
+        cfg = load_config(args.config)
+        texts = {hay: load_text(hay) for hay in args.haystacks.split(",")}
+    except (ValueError, SymphonyError) as e:
+        print(f"recall_phrasing_check: {e}", file=sys.stderr)
+        return 2
+    eng = engine_from_config(cfg, progress=False)
+    tok = eng.tokenizer
+    enc = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
+    rows = []
+    for hay, text in texts.items():
+        rng = random.Random(f"{args.seed}:{hay}")
+        planted = []  # (template index, key, value, sentence, asked)
+        for k, (fact_t, _, draw) in enumerate(TEMPLATES):
+            for j, key in enumerate(rng.sample(NAMES, 4)):
+                value = draw(rng)
+                planted.append((k, key, value, fact_t.format(key=key, KEY=key.upper(), value=value), j == 0))
+        start = rng.randrange(0, max(1, len(text) - 8 * length))
+        ids = enc(text[start:start + 6 * length])[:length]
+        for sent in sorted((p[3] for p in planted), key=lambda _: rng.random()):
+            at = rng.randrange(16, int(0.85 * len(ids)))  # after a line end near a random depth
+            while at < len(ids) - 1 and "\n" not in tok.decode(ids[at - 1:at]):
+                at += 1
+            ids[at:at] = enc(sent + "\n")
+        before, after = chat.chat_format(eng).first_user
+        stream = eng.new_stream()
+        t0 = time.time()
+        eng.ingest(stream, eng.encode(before))
+        eng.ingest(stream, torch.tensor(ids), desc=f"{hay} document")
+        ingest_s = time.time() - t0
+        held = tok.decode([t for t in stream.cache.token_ids.tolist() if t >= 0])
+        for k, (_, question_t, _) in enumerate(tqdm(TEMPLATES, desc=f"{hay} questions", unit="q")):
+            (_, key, value, fact, _), *others = [p for p in planted if p[0] == k and p[4]] + \
+                [p for p in planted if p[0] == k and not p[4]]
+            question = question_t.format(key=key)
+            asked = copy.deepcopy(stream)  # every question meets the document alone, as the first one does
+            chat.ask(eng, asked, "\n\n" + question, after)
+            reread = tok.decode(asked.reread)
+            reply = tok.decode(eng.decode(asked, args.max_new_tokens), skip_special_tokens=True)
+            rows.append({"haystack": hay, "template": k, "question": question, "fact": fact, "value": value,
+                         "found": fact in reread, "look_alikes": sum(o[3] in reread for o in others),
+                         "in_cache": fact in held, "answered": value in reply, "reply": reply.strip(),
+                         "reread_tokens": len(enc(reread)) if reread else 0, "ingest_s": round(ingest_s, 1)})
+            r = rows[-1]
+            print(f"{hay} t{k:02d} found={'Y' if r['found'] else '-'} look-alikes={r['look_alikes']} "
+                  f"answered={'Y' if r['answered'] else '-'} in_cache={'Y' if r['in_cache'] else '-'}", flush=True)
+    print("\n| haystack | found whole | look-alikes re-read | answered exactly | fact still in the cache |")
+    print("|---|---:|---:|---:|---:|")
+    for hay in texts:
+        sel = [r for r in rows if r["haystack"] == hay]
+        print(f"| {hay} | {sum(r['found'] for r in sel)}/{len(sel)} | {sum(r['look_alikes'] for r in sel)} | "
+              f"{sum(r['answered'] for r in sel)}/{len(sel)} | {sum(r['in_cache'] for r in sel)}/{len(sel)} |")
+    if args.out:
+        from symphony.io import atomic_write_json
+
+        atomic_write_json(Path(args.out), {"settings": {**vars(args), "length": length},
+                                           "date": time.strftime("%Y-%m-%d"), "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
