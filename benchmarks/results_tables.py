@@ -86,6 +86,19 @@ def retriever_check(d):
                   f"{sum(got['lexical'])}/{len(got['lexical'])} |")
 
 
+def recall_phrasing(d) -> None:
+    print("| haystack | found whole | look-alikes re-read | answered exactly | fact still in the cache |")
+    print("|---|---:|---:|---:|---:|")
+    for hay in dict.fromkeys(r["haystack"] for r in d["rows"]):
+        sel = [r for r in d["rows"] if r["haystack"] == hay]
+        print(f"| {hay} | {sum(r['found'] for r in sel)}/{len(sel)} | {sum(r['look_alikes'] for r in sel)} | "
+              f"{sum(r['answered'] for r in sel)}/{len(sel)} | {sum(r['in_cache'] for r in sel)}/{len(sel)} |")
+    missed = [r for r in d["rows"] if not r["found"]]
+    if missed:
+        print("\nNot re-read whole: " + "; ".join(f"{r['haystack']} \"{r['question']}\" ({r['fact']})"
+                                                  for r in missed))
+
+
 def needle(d):
     lengths = sorted({r["context_len"] for r in d["rows"]})
     print("| method | " + " | ".join(f"{n // 1024}k" for n in lengths) + " | all |")
@@ -212,6 +225,13 @@ SECTIONS = [  # (title, JSON under the results folder, table, how it was measure
      "*named*: RULER's paraphrase question (shares the name with the fact); *unnamed*: the same without the name "
      "(no content word shared). No answer is generated: this is what recall hands the model. In 18 of the 26 streams "
      "the ledger still held the fact's tokens as KV; recall searches those slots too."),
+    ("Recall of other fact styles and wordings", "recall_phrasing.json", recall_phrasing,
+     "`python benchmarks/recall_phrasing_check.py --haystacks builtin,manpages --length 16k`: twelve fact styles that "
+     "none of the suites use (a code assignment, a table row, an ISBN, a password, a birth year, ...), each asked by "
+     "a question that shares only the key's name with it, each planted with three look-alikes (same template, other "
+     "keys); one 16k-token document per haystack, streamed once through the default cache, every question asked "
+     "on a copy of the stream. *found whole*: the asked fact's sentence re-read; *answered exactly*: the reply "
+     "holds the value."),
     ("Titans extensions", "titans_interference.json", titans_extensions,
      "`python benchmarks/titans_interference.py`: symplectic gating and manifold paging (off by default) on an "
      "interference benchmark (recall loss; 1.0 = answers 0). Neither helped: task A is lost after B in every variant."),
@@ -319,8 +339,9 @@ def ruler(root: Path) -> None:
 
 
 NEEDLE_DISTRACTORS = """`symphony eval needle --haystack HAYSTACK --distractors 3 --lengths 32k,64k --depths 10,50,90
---methods symphony`: a 7-digit number planted at each depth with three look-alike needles (same template, other keys)
-elsewhere in the haystack; the answer counts only if it is the asked key's number. The goal is 9/9 per haystack."""
+--methods symphony`: a 7-digit number planted at each depth with three look-alike needles (same template, other
+keys) elsewhere in the haystack; the answer counts only if it is the asked key's number. The goal is 9/9 per
+haystack."""
 
 
 def needle_distractors(root: Path) -> None:
@@ -333,11 +354,11 @@ def needle_distractors(root: Path) -> None:
                   f"{r.get('generated', '')!r} (expected {r.get('expected')})")
 
 
-RULER_CEILING = """`python benchmarks/ruler_ceiling.py --tasks niah_multiquery,niah_multivalue,vt --haystacks builtin,manpages
---samples 6 --length 16k`: the same samples as `symphony eval ruler` at 16k (same generator and seed), answered by
-the model with full attention after what perfect recall would hand it: the last 1,536 tokens of the context, then
-every sentence that holds a reference, one per line, then the question. This is the ceiling Symphony's recall
-cannot lift: below 100, the 135M model fails with every fact in plain view."""
+RULER_CEILING = """`python benchmarks/ruler_ceiling.py --tasks niah_multiquery,niah_multivalue,vt
+--haystacks builtin,manpages --samples 6 --length 16k`: the same samples as `symphony eval ruler` at 16k (same
+generator and seed), answered by the model with full attention after what perfect recall would hand it: the last
+1,536 tokens of the context, then every sentence that holds a reference, one per line, then the question. This is
+the ceiling Symphony's recall cannot lift: below 100, the 135M model fails with every fact in plain view."""
 
 
 def ruler_ceiling(d) -> None:

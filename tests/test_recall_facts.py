@@ -59,6 +59,36 @@ def test_the_asked_fact_beats_look_alikes_whose_template_is_rarer_than_its_key()
     assert picked[0] == asked and len(picked) == 1
 
 
+def test_a_key_spelt_otherwise_in_the_fact_still_finds_it():
+    """The question writes the key " Quenby" (after a space), the fact "Quenby" at a line start: other token ids,
+    the same spelling (`TokenKinds.canon`), so the asked fact beats its three look-alikes; without the spelling
+    map the key is no shared term and a look-alike is as good a pick."""
+    import dataclasses
+
+    spaced, bare = [80], [90]  # " Quenby" / "Quenby": one token each
+    canon = torch.arange(300)
+    canon[90] = 80
+    ids = hay(800, seed=6)
+    for s, key in ((150, [82]), (330, [84]), (520, [86])):
+        plant(ids, s, key + TEMPLATE[1:] + [15, 36, DOT])
+    asked = plant(ids, 700, bare + TEMPLATE[1:] + [15, 33, 34, DOT])
+    question = [50, 12, 13, 14, *spaced, 51]
+    with_map = dataclasses.replace(KINDS, canon=canon)
+    assert ledger(ids).search(question, budget_tokens=192, kinds=with_map) == [asked]
+    assert asked not in ledger(ids).search(question, budget_tokens=192, kinds=KINDS)[:1]
+
+
+@pytest.mark.real_model
+def test_token_kinds_spell_a_name_alike_after_a_space_at_a_line_start_and_in_capitals(embedded_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(embedded_model_dir))
+    canon = TokenKinds.from_tokenizer(tok).canon
+    spelt = lambda s: canon[torch.tensor(tok(s, add_special_tokens=False).input_ids)].tolist()  # noqa: E731
+    assert spelt(" Marlowe") == spelt("Marlowe") and spelt(" Quenby") == spelt("Quenby")
+    assert spelt(" the") == spelt("The") and spelt(" Marlowe") != spelt(" Marlow")
+
+
 def test_a_two_hop_chain_is_followed():
     """Variable tracking: VAR A = 7 7 7; VAR B = VAR A; VAR C = VAR B. The question names only the value."""
     var, eq = 60, 61  # "VAR", " ="; names are pairs of word tokens 70..89

@@ -49,6 +49,9 @@ class TokenKinds:
     abbrev: torch.Tensor | None = None  # "Dr", " Mr", " U", "S": a full stop right after one may not end a sentence
     single: torch.Tensor | None = None  # a one-letter token: an initial when it starts a word or follows a period
     period: torch.Tensor | None = None  # the token "." alone
+    # long [V]: one id per spelling up to a leading space and case, so a question's " Marlowe" finds the fact's
+    # "Marlowe" at a line start, after a bracket or a quote, or written MARLOWE
+    canon: torch.Tensor | None = None
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> TokenKinds:
@@ -61,7 +64,8 @@ class TokenKinds:
                    torch.tensor([any(c.isalnum() for c in t) for t in texts]),
                    torch.tensor([t.strip() in ABBREVIATIONS for t in texts]),
                    torch.tensor([len(t.strip()) == 1 and t.strip().isalpha() for t in texts]),
-                   torch.tensor([t.strip() == "." for t in texts]))
+                   torch.tensor([t.strip() == "." for t in texts]),
+                   _canonical_ids(texts))
 
     def after(self, ids: torch.Tensor) -> torch.Tensor:
         """bool [n]: whether a unit ends after each token of `ids` (a run of consecutive text; its last
@@ -90,6 +94,17 @@ class TokenKinds:
         return listed | (self.single[prev] & known[:-1] & starts_word)
 
 
+def _canonical_ids(texts: list[str]) -> torch.Tensor:
+    """long [V]: each token's id, or the first id whose text is the same but for a leading space and case."""
+    first: dict[str, int] = {}
+    out = torch.arange(len(texts))
+    for i, t in enumerate(texts):
+        key = t.lstrip(" ").lower()
+        if key:
+            out[i] = first.setdefault(key, i)
+    return out
+
+
 @dataclass
 class Unit:
     start: int  # stream position of its first token
@@ -106,16 +121,26 @@ class Unit:
 class Query:
     """A question's terms: its distinct tokens, then its distinct consecutive token pairs, with weights."""
 
-    def __init__(self, ids: list[int] | torch.Tensor, pairs: list[tuple[int, int]] | None = None):
-        qa = torch.as_tensor(ids, dtype=torch.int32).reshape(-1)
+    def __init__(self, ids: list[int] | torch.Tensor, pairs: list[tuple[int, int]] | None = None,
+                 canon: torch.Tensor | None = None):
+        self.canon = canon  # TokenKinds.canon: terms and text compared by spelling, not by token id
+        qa = self.canonical(torch.as_tensor(ids, dtype=torch.int32).reshape(-1))
         self.tokens = torch.unique(qa)
         self.pairs = (list(dict.fromkeys(zip(qa[:-1].tolist(), qa[1:].tolist()))) if pairs is None
                       else list(dict.fromkeys(pairs)))
         self.weight = torch.zeros(len(self.tokens) + len(self.pairs))
         self.df = torch.zeros(len(self.tokens))  # spans holding each token, once `set_idf` has them
 
+    def canonical(self, ids: torch.Tensor) -> torch.Tensor:
+        """`ids` with each known token replaced by its spelling's id (`canon`); unknown ones (-1) kept."""
+        if self.canon is None:
+            return ids
+        known = (ids >= 0) & (ids < len(self.canon))
+        return torch.where(known, self.canon[ids.long().clamp(0, len(self.canon) - 1)].to(ids.dtype), ids)
+
     def presence(self, ids: torch.Tensor, with_pairs: bool = True) -> torch.Tensor:
         """[rows, terms] for token-id rows [rows, n]: whether each row holds each term (a pair: consecutively)."""
+        ids = self.canonical(ids)
         present = (ids[:, :, None] == self.tokens[None, None, :]).any(dim=1)
         if not (with_pairs and self.pairs):
             return present
@@ -196,7 +221,8 @@ def hop_query(picks: list[Unit], query: Query, kinds: TokenKinds) -> Query | Non
     so the archive's spans that hold them are found); None when there are none."""
     asked = set(query.pairs)
     word = lambda t: 0 <= t < len(kinds.word) and bool(kinds.word[t])  # noqa: E731
-    pairs = [p for u in picks for p in zip(u.ids[:-1], u.ids[1:]) if p not in asked and word(p[0]) and word(p[1])]
+    pairs = [p for u in picks for p, c in zip(zip(u.ids[:-1], u.ids[1:]), _pairs(query.canonical(torch.tensor(u.ids))))
+             if c not in asked and word(p[0]) and word(p[1])]
     if not pairs:
         return None
     pairs = list(dict.fromkeys(pairs))
@@ -227,6 +253,10 @@ def hop_units(found: list[Unit], picks: list[Unit], hop: Query, asked: Query, ma
         return []
     asked_score = (asked.presence(_rows([u.ids for u in follow])).float() * asked.weight).sum(1)
     return [u for u, a in zip(follow, asked_score.tolist()) if a < min_gain * picks[0].score]
+
+
+def _pairs(ids: torch.Tensor) -> list[tuple[int, int]]:
+    return list(zip(ids[:-1].tolist(), ids[1:].tolist()))
 
 
 def _place(ids: list[int], pair: tuple[int, int]) -> float:
