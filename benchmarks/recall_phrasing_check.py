@@ -125,7 +125,7 @@ def main(argv=None) -> int:
             rows.append({"haystack": hay, "template": k, "question": question, "fact": fact, "value": value,
                          "found": fact in reread, "look_alikes": sum(o[3] in reread for o in others),
                          "in_cache": fact in held, "answered": value in reply, "reply": reply.strip(),
-                         "reread_tokens": len(enc(reread)) if reread else 0, "ingest_s": round(ingest_s, 1)})
+                         "reread": reread[:400], "reread_tokens": len(enc(reread)) if reread else 0, "ingest_s": round(ingest_s, 1)})
             r = rows[-1]
             print(f"{hay} t{k:02d} found={'Y' if r['found'] else '-'} look-alikes={r['look_alikes']} "
                   f"answered={'Y' if r['answered'] else '-'} in_cache={'Y' if r['in_cache'] else '-'}", flush=True)
