@@ -78,6 +78,26 @@ def test_a_key_spelt_otherwise_in_the_fact_still_finds_it():
     assert asked not in ledger(ids).search(question, budget_tokens=192, kinds=KINDS)[:1]
 
 
+def test_a_question_line_break_does_not_split_co_keyed_facts():
+    """Four facts under one key, one of them ending in a line break instead of a full stop. The question starts
+    with a line break too (as a user message does): a term only that fact would hold, were layout a term, so the
+    other three would no longer be its siblings. Only tokens with a letter or digit are terms."""
+    import dataclasses
+
+    newline = 17
+    content = torch.ones(300, dtype=torch.bool)
+    content[[DOT, newline]] = False
+    breaks = KINDS.newline.clone()
+    breaks[newline] = True
+    kinds = dataclasses.replace(KINDS, content=content, newline=breaks)
+    ids = hay(800, seed=7)
+    ids[ids == newline] = DOT
+    facts = [plant(ids, 100, [61, 23, 62, 30, 31, newline]), plant(ids, 300, [63, 23, 64, 32, 33, DOT]),
+             plant(ids, 500, [65, 66, 23, 34, DOT]), plant(ids, 700, [67, 23, 68, 35, 36, DOT])]
+    question = [newline, 50, 23, 51]
+    assert ledger(ids).search(question, budget_tokens=192, kinds=kinds) == facts
+
+
 @pytest.mark.real_model
 def test_token_kinds_spell_a_name_alike_after_a_space_at_a_line_start_and_in_capitals(embedded_model_dir):
     from transformers import AutoTokenizer

@@ -122,12 +122,21 @@ class Query:
     """A question's terms: its distinct tokens, then its distinct consecutive token pairs, with weights."""
 
     def __init__(self, ids: list[int] | torch.Tensor, pairs: list[tuple[int, int]] | None = None,
-                 canon: torch.Tensor | None = None):
-        self.canon = canon  # TokenKinds.canon: terms and text compared by spelling, not by token id
-        qa = self.canonical(torch.as_tensor(ids, dtype=torch.int32).reshape(-1))
-        self.tokens = torch.unique(qa)
-        self.pairs = (list(dict.fromkeys(zip(qa[:-1].tolist(), qa[1:].tolist()))) if pairs is None
-                      else list(dict.fromkeys(pairs)))
+                 canon: torch.Tensor | None = None, content: torch.Tensor | None = None):
+        """`canon` (TokenKinds.canon): terms and text compared by spelling, not by token id. `content`
+        (TokenKinds.content): only tokens with a letter or digit are terms, and pairs holding one; a question's
+        line breaks and punctuation would otherwise make a fact that ends in a line break (no full stop) hold one
+        term more than its co-keyed facts, which then no longer count as its siblings."""
+        self.canon = canon
+        raw = torch.as_tensor(ids, dtype=torch.int32).reshape(-1)
+        qa = self.canonical(raw)
+        if content is None:
+            wanted = torch.ones(len(qa), dtype=torch.bool)
+        else:
+            wanted = content[raw.long().clamp(0, len(content) - 1)] & (raw >= 0) & (raw < len(content))
+        self.tokens = torch.unique(qa[wanted])
+        self.pairs = (list(dict.fromkeys(p for p, a, b in zip(_pairs(qa), wanted[:-1].tolist(), wanted[1:].tolist())
+                                         if a or b)) if pairs is None else list(dict.fromkeys(pairs)))
         self.weight = torch.zeros(len(self.tokens) + len(self.pairs))
         self.df = torch.zeros(len(self.tokens))  # spans holding each token, once `set_idf` has them
 
