@@ -65,15 +65,20 @@ def test_a_key_spelt_otherwise_in_the_fact_still_finds_it():
     map the key is no shared term and a look-alike is as good a pick."""
     import dataclasses
 
+    from symphony.runtime.facts import Spelling
+
     spaced, bare = [80], [90]  # " Quenby" / "Quenby": one token each
-    canon = torch.arange(300)
-    canon[90] = 80
+    as_word = torch.arange(300)
+    as_word[90] = 80
+    space_start = KINDS.space_start.clone()
+    space_start[90] = False
+    spelling = Spelling(torch.arange(300), as_word, torch.arange(300) >= 50, space_start)
     ids = hay(800, seed=6)
     for s, key in ((150, [82]), (330, [84]), (520, [86])):
         plant(ids, s, key + TEMPLATE[1:] + [15, 36, DOT])
     asked = plant(ids, 700, bare + TEMPLATE[1:] + [15, 33, 34, DOT])
     question = [50, 12, 13, 14, *spaced, 51]
-    with_map = dataclasses.replace(KINDS, canon=canon)
+    with_map = dataclasses.replace(KINDS, spelling=spelling)
     assert ledger(ids).search(question, budget_tokens=192, kinds=with_map) == [asked]
     assert asked not in ledger(ids).search(question, budget_tokens=192, kinds=KINDS)[:1]
 
@@ -103,10 +108,11 @@ def test_token_kinds_spell_a_name_alike_after_a_space_at_a_line_start_and_in_cap
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(embedded_model_dir))
-    canon = TokenKinds.from_tokenizer(tok).canon
-    spelt = lambda s: canon[torch.tensor(tok(s, add_special_tokens=False).input_ids)].tolist()  # noqa: E731
-    assert spelt(" Marlowe") == spelt("Marlowe") and spelt(" Quenby") == spelt("Quenby")
+    spelling = TokenKinds.from_tokenizer(tok).spelling
+    spelt = lambda s: spelling(torch.tensor(tok(s, add_special_tokens=False).input_ids)).tolist()  # noqa: E731
+    assert spelt(" Marlowe") == spelt("Marlowe") == spelt("(Marlowe")[1:] and spelt(" Quenby") == spelt("Quenby")
     assert spelt(" the") == spelt("The") and spelt(" Marlowe") != spelt(" Marlow")
+    assert spelt(" hard-cabin")[-1] != spelt(" in")[0]  # "cab" + "in": a piece is not the word it spells alone
 
 
 def test_a_two_hop_chain_is_followed():

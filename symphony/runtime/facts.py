@@ -49,9 +49,7 @@ class TokenKinds:
     abbrev: torch.Tensor | None = None  # "Dr", " Mr", " U", "S": a full stop right after one may not end a sentence
     single: torch.Tensor | None = None  # a one-letter token: an initial when it starts a word or follows a period
     period: torch.Tensor | None = None  # the token "." alone
-    # long [V]: one id per spelling up to a leading space and case, so a question's " Marlowe" finds the fact's
-    # "Marlowe" at a line start, after a bracket or a quote, or written MARLOWE
-    canon: torch.Tensor | None = None
+    spelling: Spelling | None = None  # terms compared by spelling, not by token id
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> TokenKinds:
@@ -65,7 +63,7 @@ class TokenKinds:
                    torch.tensor([t.strip() in ABBREVIATIONS for t in texts]),
                    torch.tensor([len(t.strip()) == 1 and t.strip().isalpha() for t in texts]),
                    torch.tensor([t.strip() == "." for t in texts]),
-                   _canonical_ids(texts))
+                   Spelling.from_texts(texts))
 
     def after(self, ids: torch.Tensor) -> torch.Tensor:
         """bool [n]: whether a unit ends after each token of `ids` (a run of consecutive text; its last
@@ -94,15 +92,43 @@ class TokenKinds:
         return listed | (self.single[prev] & known[:-1] & starts_word)
 
 
-def _canonical_ids(texts: list[str]) -> torch.Tensor:
-    """long [V]: each token's id, or the first id whose text is the same but for a leading space and case."""
-    first: dict[str, int] = {}
-    out = torch.arange(len(texts))
-    for i, t in enumerate(texts):
-        key = t.lstrip(" ").lower()
-        if key:
-            out[i] = first.setdefault(key, i)
-    return out
+@dataclass(frozen=True)
+class Spelling:
+    """One id per spelling, so a question's " Marlowe" finds the fact's "Marlowe" at a line start, after a bracket
+    or a quote, and "the" finds "The". Case is folded everywhere (`folded`); a token without a leading space is
+    read as the word it spells (`as_word`: the folded id of " " + its text, where the vocabulary has one) only
+    where a word starts, after a token that does not end in a letter or digit: inside a word it is a piece
+    ("cab" + "in"), not the word " in"."""
+
+    folded: torch.Tensor  # long [V]
+    as_word: torch.Tensor  # long [V]
+    ends_alnum: torch.Tensor  # bool [V]
+    space_start: torch.Tensor  # bool [V]
+
+    @classmethod
+    def from_texts(cls, texts: list[str]) -> Spelling:
+        first: dict[str, int] = {}
+        folded = torch.arange(len(texts))
+        for i, t in enumerate(texts):
+            folded[i] = first.setdefault(t.lower(), i)
+        as_word = folded.clone()
+        for i, t in enumerate(texts):
+            if t and not t[0].isspace():
+                as_word[i] = first.get(" " + t.lower(), int(folded[i]))
+        return cls(folded, as_word, torch.tensor([t[-1:].isalnum() for t in texts]),
+                   torch.tensor([t[:1].isspace() for t in texts]))
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        """Spelling ids of token-id rows [..., n] (unknown tokens, -1, kept); a row's first token counts as
+        starting a word."""
+        v = len(self.folded)
+        known = (ids >= 0) & (ids < v)
+        safe = ids.long().clamp(0, v - 1)
+        starts = torch.ones_like(known)
+        starts[..., 1:] = ~(self.ends_alnum[safe[..., :-1]] & known[..., :-1])
+        word = starts & ~self.space_start[safe]
+        out = torch.where(word, self.as_word[safe], self.folded[safe]).to(ids.dtype)
+        return torch.where(known, out, ids)
 
 
 @dataclass
@@ -122,12 +148,12 @@ class Query:
     """A question's terms: its distinct tokens, then its distinct consecutive token pairs, with weights."""
 
     def __init__(self, ids: list[int] | torch.Tensor, pairs: list[tuple[int, int]] | None = None,
-                 canon: torch.Tensor | None = None, content: torch.Tensor | None = None):
-        """`canon` (TokenKinds.canon): terms and text compared by spelling, not by token id. `content`
+                 spelling: Spelling | None = None, content: torch.Tensor | None = None):
+        """`spelling` (TokenKinds.spelling): terms and text compared by spelling, not by token id. `content`
         (TokenKinds.content): only tokens with a letter or digit are terms, and pairs holding one; a question's
         line breaks and punctuation would otherwise make a fact that ends in a line break (no full stop) hold one
         term more than its co-keyed facts, which then no longer count as its siblings."""
-        self.canon = canon
+        self.spelling = spelling
         raw = torch.as_tensor(ids, dtype=torch.int32).reshape(-1)
         qa = self.canonical(raw)
         if content is None:
@@ -141,11 +167,8 @@ class Query:
         self.df = torch.zeros(len(self.tokens))  # spans holding each token, once `set_idf` has them
 
     def canonical(self, ids: torch.Tensor) -> torch.Tensor:
-        """`ids` with each known token replaced by its spelling's id (`canon`); unknown ones (-1) kept."""
-        if self.canon is None:
-            return ids
-        known = (ids >= 0) & (ids < len(self.canon))
-        return torch.where(known, self.canon[ids.long().clamp(0, len(self.canon) - 1)].to(ids.dtype), ids)
+        """`ids` with each known token replaced by its spelling's id (`spelling`); unknown ones (-1) kept."""
+        return ids if self.spelling is None else self.spelling(ids)
 
     def presence(self, ids: torch.Tensor, with_pairs: bool = True) -> torch.Tensor:
         """[rows, terms] for token-id rows [rows, n]: whether each row holds each term (a pair: consecutively)."""

@@ -447,7 +447,7 @@ class RecallLedger:
         if len(self) == 0 or budget_tokens <= 0:
             return []
         max_unit = max(1, min(max_unit, budget_tokens))
-        query = Query(query_ids, canon=kinds.canon if kinds is not None else None,
+        query = Query(query_ids, spelling=kinds.spelling if kinds is not None else None,
                       content=kinds.content if kinds is not None else None)
         extra = self._live_rows(live)
         self._idf(query, extra)
