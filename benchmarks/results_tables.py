@@ -338,10 +338,10 @@ def ruler(root: Path) -> None:
                   "give the same reply.")
 
 
-NEEDLE_DISTRACTORS = """`symphony eval needle --haystack HAYSTACK --distractors 3 --lengths 32k,64k --depths 10,50,90
+NEEDLE_DISTRACTORS = """`symphony eval needle --haystack HAYSTACK --distractors 3 --lengths L --depths 10,50,90
 --methods symphony`: a 7-digit number planted at each depth with three look-alike needles (same template, other
-keys) elsewhere in the haystack; the answer counts only if it is the asked key's number. The goal is 9/9 per
-haystack."""
+keys) elsewhere in the haystack; the answer counts only if it is the asked key's number. The goal is 9/9 at 32k and
+64k on each haystack; the tables show the cells run so far (a haystack without a table: not run yet)."""
 
 
 def needle_distractors(root: Path) -> None:
