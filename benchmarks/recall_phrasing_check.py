@@ -11,6 +11,9 @@ through the default cache; then, for each template, the recall search runs for i
 fact's sentence was re-read whole; `look-alikes`: how many of its three look-alikes were re-read beside it) and the
 model answers on a copy of the stream (`answered`: the reply holds the value exactly). `in_cache`: the fact's
 tokens were still in the cache's KV (ledger or window) when asked, so recall was not the only way to it.
+
+`--search-only` loads no model: each document goes whole into a recall archive and only `found` and `look-alikes`
+are judged, in seconds, so a change to the search can be tried on many draws (`--seeds 0-9`) before a model run.
 """
 from __future__ import annotations
 
@@ -63,12 +66,40 @@ TEMPLATES = [
 ]
 
 
+def _seeds(text: str) -> list[int]:
+    lo, _, hi = text.partition("-")
+    try:
+        return list(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: give a number or a range like 0-9") from None
+
+
+def _document(rng: random.Random, text: str, length: int, tok) -> tuple[list[int], list[tuple]]:
+    """`length` tokens of `text` with every template planted four times, each after a line end at a random depth:
+    (token ids, planted facts as (template index, key, value, sentence, whether it is the asked one))."""
+    enc = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
+    planted = []
+    for k, (fact_t, _, draw) in enumerate(TEMPLATES):
+        for j, key in enumerate(rng.sample(NAMES, 4)):
+            value = draw(rng)
+            planted.append((k, key, value, fact_t.format(key=key, KEY=key.upper(), value=value), j == 0))
+    start = rng.randrange(0, max(1, len(text) - 8 * length))
+    ids = enc(text[start:start + 6 * length])[:length]
+    for sent in sorted((p[3] for p in planted), key=lambda _: rng.random()):
+        at = rng.randrange(16, int(0.85 * len(ids)))
+        while at < len(ids) - 1 and "\n" not in tok.decode(ids[at - 1:at]):
+            at += 1
+        ids[at:at] = enc(sent + "\n")
+    return ids, planted
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--haystacks", default="builtin,manpages")
     ap.add_argument("--length", default="16k")
     ap.add_argument("-c", "--config", default="smollm2-135m")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="draws of names, values and places: 0, or 0-9")
+    ap.add_argument("--search-only", action="store_true", help="no model: judge recall's search alone")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
@@ -84,57 +115,74 @@ def main(argv=None) -> int:
 
     try:
         (length,) = parse_lengths(args.length)
+        seeds = _seeds(args.seeds)
         cfg = load_config(args.config)
         texts = {hay: load_text(hay) for hay in args.haystacks.split(",")}
     except (ValueError, SymphonyError) as e:
         print(f"recall_phrasing_check: {e}", file=sys.stderr)
         return 2
-    eng = engine_from_config(cfg, progress=False)
-    tok = eng.tokenizer
+    cache = cfg.cache
+    if args.search_only:
+        from symphony.models.loading import load_tokenizer
+        from symphony.runtime.facts import TokenKinds
+        from symphony.runtime.recall import RecallLedger
+
+        tok, eng = load_tokenizer(cfg.model), None
+        kinds = TokenKinds.from_tokenizer(tok)
+    else:
+        eng = engine_from_config(cfg, progress=False)
+        tok = eng.tokenizer
     enc = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
     rows = []
-    for hay, text in texts.items():
-        rng = random.Random(f"{args.seed}:{hay}")
-        planted = []  # (template index, key, value, sentence, asked)
-        for k, (fact_t, _, draw) in enumerate(TEMPLATES):
-            for j, key in enumerate(rng.sample(NAMES, 4)):
-                value = draw(rng)
-                planted.append((k, key, value, fact_t.format(key=key, KEY=key.upper(), value=value), j == 0))
-        start = rng.randrange(0, max(1, len(text) - 8 * length))
-        ids = enc(text[start:start + 6 * length])[:length]
-        for sent in sorted((p[3] for p in planted), key=lambda _: rng.random()):
-            at = rng.randrange(16, int(0.85 * len(ids)))  # after a line end near a random depth
-            while at < len(ids) - 1 and "\n" not in tok.decode(ids[at - 1:at]):
-                at += 1
-            ids[at:at] = enc(sent + "\n")
-        before, after = chat.chat_format(eng).first_user
-        stream = eng.new_stream()
-        t0 = time.time()
-        eng.ingest(stream, eng.encode(before))
-        eng.ingest(stream, torch.tensor(ids), desc=f"{hay} document")
-        ingest_s = time.time() - t0
-        held = tok.decode([t for t in stream.cache.token_ids.tolist() if t >= 0])
-        for k, (_, question_t, _) in enumerate(tqdm(TEMPLATES, desc=f"{hay} questions", unit="q")):
-            (_, key, value, fact, _), *others = [p for p in planted if p[0] == k and p[4]] + \
-                [p for p in planted if p[0] == k and not p[4]]
-            question = question_t.format(key=key)
-            asked = copy.deepcopy(stream)  # every question meets the document alone, as the first one does
-            chat.ask(eng, asked, "\n\n" + question, after)
-            reread = tok.decode(asked.reread)
-            reply = tok.decode(eng.decode(asked, args.max_new_tokens), skip_special_tokens=True)
-            rows.append({"haystack": hay, "template": k, "question": question, "fact": fact, "value": value,
-                         "found": fact in reread, "look_alikes": sum(o[3] in reread for o in others),
-                         "in_cache": fact in held, "answered": value in reply, "reply": reply.strip(),
-                         "reread": reread[:400], "reread_tokens": len(enc(reread)) if reread else 0, "ingest_s": round(ingest_s, 1)})
-            r = rows[-1]
-            print(f"{hay} t{k:02d} found={'Y' if r['found'] else '-'} look-alikes={r['look_alikes']} "
-                  f"answered={'Y' if r['answered'] else '-'} in_cache={'Y' if r['in_cache'] else '-'}", flush=True)
+    for seed in seeds:
+        for hay, text in texts.items():
+            ids, planted = _document(random.Random(f"{seed}:{hay}"), text, length, tok)
+            asked_facts = [[p for p in planted if p[0] == k and p[4]] + [p for p in planted if p[0] == k and not p[4]]
+                           for k in range(len(TEMPLATES))]
+            if eng is None:
+                archive = RecallLedger(capacity_tokens=len(ids) + cache.span_len, span_len=cache.span_len)
+                archive.add(torch.arange(len(ids)), torch.tensor(ids), torch.zeros(len(ids)))
+                for k, ((_, key, value, fact, _), *others) in enumerate(asked_facts):
+                    question = TEMPLATES[k][1].format(key=key)
+                    runs = archive.search(enc("\n\n" + question), cache.recall_budget, kinds=kinds,
+                                          hops=cache.recall_hops)
+                    reread = "".join(tok.decode(r) + "\n" for r in runs)
+                    rows.append({"haystack": hay, "seed": seed, "template": k, "question": question, "fact": fact,
+                                 "found": fact in reread, "look_alikes": sum(o[3] in reread for o in others),
+                                 "reread": reread[:400]})
+                continue
+            before, after = chat.chat_format(eng).first_user
+            stream = eng.new_stream()
+            t0 = time.time()
+            eng.ingest(stream, eng.encode(before))
+            eng.ingest(stream, torch.tensor(ids), desc=f"{hay} document")
+            ingest_s = time.time() - t0
+            held = tok.decode([t for t in stream.cache.token_ids.tolist() if t >= 0])
+            for k, ((_, key, value, fact, _), *others) in enumerate(tqdm(asked_facts, desc=f"{hay} questions",
+                                                                          unit="q")):
+                question = TEMPLATES[k][1].format(key=key)
+                asked = copy.deepcopy(stream)  # every question meets the document alone, as the first one does
+                chat.ask(eng, asked, "\n\n" + question, after)
+                reread = tok.decode(asked.reread)
+                reply = tok.decode(eng.decode(asked, args.max_new_tokens), skip_special_tokens=True)
+                rows.append({"haystack": hay, "seed": seed, "template": k, "question": question, "fact": fact,
+                             "value": value, "found": fact in reread, "look_alikes": sum(o[3] in reread for o in others),
+                             "in_cache": fact in held, "answered": value in reply, "reply": reply.strip(),
+                             "reread": reread[:400], "reread_tokens": len(enc(reread)) if reread else 0,
+                             "ingest_s": round(ingest_s, 1)})
+                r = rows[-1]
+                print(f"{hay} t{k:02d} found={'Y' if r['found'] else '-'} look-alikes={r['look_alikes']} "
+                      f"answered={'Y' if r['answered'] else '-'} in_cache={'Y' if r['in_cache'] else '-'}", flush=True)
+    for r in rows:
+        if not r["found"]:
+            print(f"missed: {r['haystack']} seed {r['seed']} t{r['template']:02d} {r['fact']!r} <- {r['question']!r}")
     print("\n| haystack | found whole | look-alikes re-read | answered exactly | fact still in the cache |")
     print("|---|---:|---:|---:|---:|")
     for hay in texts:
         sel = [r for r in rows if r["haystack"] == hay]
+        judged = lambda key: f"{sum(r[key] for r in sel)}/{len(sel)}" if eng is not None else "-"  # noqa: E731
         print(f"| {hay} | {sum(r['found'] for r in sel)}/{len(sel)} | {sum(r['look_alikes'] for r in sel)} | "
-              f"{sum(r['answered'] for r in sel)}/{len(sel)} | {sum(r['in_cache'] for r in sel)}/{len(sel)} |")
+              f"{judged('answered')} | {judged('in_cache')} |")
     if args.out:
         from symphony.io import atomic_write_json
 

@@ -69,16 +69,18 @@ def segment_logits(eng: StreamingEngine, stream, ids: torch.Tensor) -> torch.Ten
 
 
 def plant_and_recall(eng: StreamingEngine, stream):
-    """Stream 600 characters of haystack with a needle at 300 (characters the haystack never uses) through a tiny
-    engine whose KV cache cannot hold it; returns the needle's ids and what recall re-reads for a question on it."""
+    """Stream 600 characters of haystack with a needle word at 300 (characters the haystack never uses) through a
+    tiny engine whose KV cache cannot hold it; returns the needle's ids and what recall re-reads for a question
+    naming it."""
     import random
 
     rng = random.Random(1)
     hay = eng.encode("".join(rng.choice("abcdefghij ") for _ in range(600)))
     needle = eng.encode("QZXJVK")
-    eng.ingest(stream, torch.cat([hay[:300], needle, hay[300:]]))
+    space = eng.encode(" ")
+    eng.ingest(stream, torch.cat([hay[:300], space, needle, space, hay[300:]]))
     assert not torch.isin(needle, stream.cache.token_ids).all()  # the KV cache alone lost it
-    return needle, eng.recalled(stream, "what is ZXJ?")
+    return needle, eng.recalled(stream, "what is QZXJVK?")
 
 
 # -- a toy vocabulary for recall tests: hay tokens 100..199 start with a space, DOT ends a sentence -----------

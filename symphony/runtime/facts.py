@@ -49,7 +49,7 @@ class TokenKinds:
     abbrev: torch.Tensor | None = None  # "Dr", " Mr", " U", "S": a full stop right after one may not end a sentence
     single: torch.Tensor | None = None  # a one-letter token: an initial when it starts a word or follows a period
     period: torch.Tensor | None = None  # the token "." alone
-    spelling: Spelling | None = None  # terms compared by spelling, not by token id
+    words: Words | None = None  # terms compared as words, not token ids
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> TokenKinds:
@@ -63,14 +63,12 @@ class TokenKinds:
                    torch.tensor([t.strip() in ABBREVIATIONS for t in texts]),
                    torch.tensor([len(t.strip()) == 1 and t.strip().isalpha() for t in texts]),
                    torch.tensor([t.strip() == "." for t in texts]),
-                   Spelling.from_texts(texts))
+                   Words.from_texts(texts))
 
     def after(self, ids: torch.Tensor) -> torch.Tensor:
         """bool [n]: whether a unit ends after each token of `ids` (a run of consecutive text; its last
         token always ends one)."""
-        ids = ids.long()
-        known = (ids >= 0) & (ids < len(self.newline))
-        safe = ids.where(known, torch.zeros_like(ids))
+        known, safe = _in_vocab(ids, len(self.newline))
         nl = self.newline[safe] & known
         punct = self.punct[safe] & known
         spaced = torch.ones_like(nl)
@@ -92,43 +90,65 @@ class TokenKinds:
         return listed | (self.single[prev] & known[:-1] & starts_word)
 
 
-@dataclass(frozen=True)
-class Spelling:
-    """One id per spelling, so a question's " Marlowe" finds the fact's "Marlowe" at a line start, after a bracket
-    or a quote, and "the" finds "The". Case is folded everywhere (`folded`); a token without a leading space is
-    read as the word it spells (`as_word`: the folded id of " " + its text, where the vocabulary has one) only
-    where a word starts, after a token that does not end in a letter or digit: inside a word it is a piece
-    ("cab" + "in"), not the word " in"."""
+WORD_MOD = 2_000_000_011  # prime; word ids are vocab + a hash below it, so they fit int32 beside token ids
+WORD_BASE = 1_114_129  # above every code point
+WORD_CHARS = 1024  # letters and digits a word's hash tells apart; a longer one collides only with its own kind
 
-    folded: torch.Tensor  # long [V]
-    as_word: torch.Tensor  # long [V]
-    ends_alnum: torch.Tensor  # bool [V]
-    space_start: torch.Tensor  # bool [V]
+
+@dataclass(frozen=True)
+class Words:
+    """One id per word, whatever tokens spell it: " Tarrant" finds "TAR" + "RANT" in `TARRANT_API_TOKEN`, "the"
+    finds "The", a name at a line start or after a bracket finds it after a space. A word is a run of letters and
+    digits, case folded; a token starting with a space or another non-alphanumeric character starts a new one, so
+    "cab" + "in" is the word "cabin", not " in". Every token of a word gets the word's id (the vocabulary's size
+    plus a polynomial hash of its letters and digits); tokens without a letter or digit keep their own id."""
+
+    hash: torch.Tensor  # long [V]: the token's letters and digits, folded, as a polynomial mod WORD_MOD
+    length: torch.Tensor  # long [V]: how many letters and digits it holds (0: not part of any word)
+    opens: torch.Tensor  # bool [V]: starts a new word (begins with a space or another non-alphanumeric char)
+    closes: torch.Tensor  # bool [V]: ends its word (ends in a non-alphanumeric char)
+    power: torch.Tensor  # long [WORD_CHARS]: WORD_BASE ** k mod WORD_MOD
 
     @classmethod
-    def from_texts(cls, texts: list[str]) -> Spelling:
-        first: dict[str, int] = {}
-        folded = torch.arange(len(texts))
-        for i, t in enumerate(texts):
-            folded[i] = first.setdefault(t.lower(), i)
-        as_word = folded.clone()
-        for i, t in enumerate(texts):
-            if t and not t[0].isspace():
-                as_word[i] = first.get(" " + t.lower(), int(folded[i]))
-        return cls(folded, as_word, torch.tensor([t[-1:].isalnum() for t in texts]),
-                   torch.tensor([t[:1].isspace() for t in texts]))
+    def from_texts(cls, texts: list[str]) -> Words:
+        hashes, lengths = [], []
+        for t in texts:
+            h, k = 0, 0
+            for c in t.lower():
+                if c.isalnum():
+                    h, k = (h * WORD_BASE + ord(c)) % WORD_MOD, k + 1
+            hashes.append(h)
+            lengths.append(k)
+        power = [1]
+        for _ in range(WORD_CHARS - 1):
+            power.append(power[-1] * WORD_BASE % WORD_MOD)
+        return cls(torch.tensor(hashes), torch.tensor(lengths), torch.tensor([not t[:1].isalnum() for t in texts]),
+                   torch.tensor([not t[-1:].isalnum() for t in texts]), torch.tensor(power))
 
-    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
-        """Spelling ids of token-id rows [..., n] (unknown tokens, -1, kept); a row's first token counts as
-        starting a word."""
-        v = len(self.folded)
-        known = (ids >= 0) & (ids < v)
-        safe = ids.long().clamp(0, v - 1)
-        starts = torch.ones_like(known)
-        starts[..., 1:] = ~(self.ends_alnum[safe[..., :-1]] & known[..., :-1])
-        word = starts & ~self.space_start[safe]
-        out = torch.where(word, self.as_word[safe], self.folded[safe]).to(ids.dtype)
-        return torch.where(known, out, ids)
+    def __call__(self, ids: torch.Tensor, joined: torch.Tensor | None = None) -> torch.Tensor:
+        """Word ids of token-id rows [..., n] (unknown tokens, -1, kept). A row starts a new word, unless
+        `joined` (bool [rows] of 2-D `ids`) says it continues the row before (the next span of the stream), so a
+        word cut by a span edge is the same word in both spans."""
+        if ids.numel() == 0:
+            return ids
+        v, n = len(self.length), ids.shape[-1]
+        flat = ids.reshape(-1).long()
+        known, safe = _in_vocab(flat, v)
+        length = torch.where(known, self.length[safe], 0)
+        content = length > 0
+        opens = ~content | self.opens[safe]
+        opens[1:] |= ~content[:-1] | self.closes[safe[:-1]]
+        row_start = torch.ones(flat.numel() // n, dtype=torch.bool)
+        if joined is not None:
+            row_start[1:] = ~joined.reshape(-1)[1:]
+        opens[::n] |= row_start
+        word = torch.cumsum(opens.long(), 0) - 1  # [n_tokens]: which word each token is in
+        seen = torch.cumsum(length, 0)
+        end = torch.zeros(int(word[-1]) + 1, dtype=torch.long).scatter_reduce(0, word, seen, "amax")
+        after = (end[word] - seen).clamp(max=WORD_CHARS - 1)  # letters and digits after this token in its word
+        term = self.hash[safe] * self.power[after] % WORD_MOD * content
+        spelt = torch.zeros(len(end), dtype=torch.long).index_add_(0, word, term) % WORD_MOD
+        return torch.where(content, v + spelt[word], flat).reshape(ids.shape).to(ids.dtype)
 
 
 @dataclass
@@ -145,34 +165,40 @@ class Unit:
 
 
 class Query:
-    """A question's terms: its distinct tokens, then its distinct consecutive token pairs, with weights."""
+    """A question's terms: its distinct tokens (words, with `words`), then its distinct consecutive pairs of them,
+    with weights."""
 
     def __init__(self, ids: list[int] | torch.Tensor, pairs: list[tuple[int, int]] | None = None,
-                 spelling: Spelling | None = None, content: torch.Tensor | None = None):
-        """`spelling` (TokenKinds.spelling): terms and text compared by spelling, not by token id. `content`
+                 words: Words | None = None, content: torch.Tensor | None = None):
+        """`words` (TokenKinds.words): terms and text compared as words, not token ids. `content`
         (TokenKinds.content): only tokens with a letter or digit are terms, and pairs holding one; a question's
         line breaks and punctuation would otherwise make a fact that ends in a line break (no full stop) hold one
         term more than its co-keyed facts, which then no longer count as its siblings."""
-        self.spelling = spelling
+        self.words = words
         raw = torch.as_tensor(ids, dtype=torch.int32).reshape(-1)
         qa = self.canonical(raw)
         if content is None:
             wanted = torch.ones(len(qa), dtype=torch.bool)
         else:
-            wanted = content[raw.long().clamp(0, len(content) - 1)] & (raw >= 0) & (raw < len(content))
+            known, safe = _in_vocab(raw, len(content))
+            wanted = content[safe] & known
         self.tokens = torch.unique(qa[wanted])
+        # a pair of one word's own tokens says nothing its word does not
         self.pairs = (list(dict.fromkeys(p for p, a, b in zip(_pairs(qa), wanted[:-1].tolist(), wanted[1:].tolist())
-                                         if a or b)) if pairs is None else list(dict.fromkeys(pairs)))
+                                         if (a or b) and p[0] != p[1])) if pairs is None else list(dict.fromkeys(pairs)))
         self.weight = torch.zeros(len(self.tokens) + len(self.pairs))
         self.df = torch.zeros(len(self.tokens))  # spans holding each token, once `set_idf` has them
 
-    def canonical(self, ids: torch.Tensor) -> torch.Tensor:
-        """`ids` with each known token replaced by its spelling's id (`spelling`); unknown ones (-1) kept."""
-        return ids if self.spelling is None else self.spelling(ids)
+    def canonical(self, ids: torch.Tensor, joined: torch.Tensor | None = None) -> torch.Tensor:
+        """`ids` with each known token replaced by its word's id (`words`, `joined` as there); unknown ones (-1)
+        kept."""
+        return ids if self.words is None else self.words(ids, joined)
 
-    def presence(self, ids: torch.Tensor, with_pairs: bool = True) -> torch.Tensor:
-        """[rows, terms] for token-id rows [rows, n]: whether each row holds each term (a pair: consecutively)."""
-        ids = self.canonical(ids)
+    def presence(self, ids: torch.Tensor, with_pairs: bool = True, joined: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """[rows, terms] for token-id rows [rows, n]: whether each row holds each term (a pair: consecutively).
+        `joined` (bool [rows]): row r continues row r - 1's text."""
+        ids = self.canonical(ids, joined)
         present = (ids[:, :, None] == self.tokens[None, None, :]).any(dim=1)
         if not (with_pairs and self.pairs):
             return present
@@ -285,6 +311,14 @@ def hop_units(found: list[Unit], picks: list[Unit], hop: Query, asked: Query, ma
         return []
     asked_score = (asked.presence(_rows([u.ids for u in follow])).float() * asked.weight).sum(1)
     return [u for u, a in zip(follow, asked_score.tolist()) if a < min_gain * picks[0].score]
+
+
+def _in_vocab(ids: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(known, safe) of token ids: whether each is a vocabulary id (not -1 padding or an added token past the
+    tables), and the ids as long with the others set to 0, fit to index [vocab] tables (mask with `known`)."""
+    ids = ids.long()
+    known = (ids >= 0) & (ids < vocab)
+    return known, torch.where(known, ids, 0)
 
 
 def _pairs(ids: torch.Tensor) -> list[tuple[int, int]]:

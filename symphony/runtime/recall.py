@@ -337,17 +337,23 @@ class RecallLedger:
         """Set the query's weights from its terms' document frequency over every candidate span: a pair's own,
         so a rare name split into common sub-tokens still weighs as rare."""
         n_spans, df = 0, torch.zeros(len(query.weight))
-        for ids, _, _ in self._chunks(extra):
+        for ids, starts, _ in self._chunks(extra):
             n_spans += len(ids)
-            df += query.presence(ids).sum(0)
+            df += query.presence(ids, joined=self._joined(starts)).sum(0)
         n_tok = len(query.tokens)
         query.set_idf(df[:n_tok], n_spans, df[n_tok:])
+
+    def _joined(self, starts: torch.Tensor) -> torch.Tensor:
+        """bool [k]: whether each of a chunk's spans continues the one before it in the stream."""
+        joined = torch.zeros(len(starts), dtype=torch.bool)
+        joined[1:] = starts[1:] == starts[:-1] + self.span_len
+        return joined
 
     def _candidates(self, query: Query, extra: dict[int, torch.Tensor], limit: int) -> list[int]:
         """Starts of the `limit` spans holding the most query weight (ties: the earlier span)."""
         best_score, best_start = torch.empty(0), torch.empty(0, dtype=torch.int64)
         for ids, starts, order in self._chunks(extra):
-            held = (query.presence(ids).float() * query.weight).sum(1)
+            held = (query.presence(ids, joined=self._joined(starts)).float() * query.weight).sum(1)
             some = held > 0
             score, start = torch.cat([best_score, held[some]]), torch.cat([best_start, starts[some]])
             top = torch.sort(score, descending=True, stable=True).indices[:limit]
@@ -447,7 +453,7 @@ class RecallLedger:
         if len(self) == 0 or budget_tokens <= 0:
             return []
         max_unit = max(1, min(max_unit, budget_tokens))
-        query = Query(query_ids, spelling=kinds.spelling if kinds is not None else None,
+        query = Query(query_ids, words=kinds.words if kinds is not None else None,
                       content=kinds.content if kinds is not None else None)
         extra = self._live_rows(live)
         self._idf(query, extra)
