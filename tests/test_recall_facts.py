@@ -314,3 +314,19 @@ def test_a_rare_name_of_common_sub_tokens_outweighs_common_words():
     plant(ids, 300, [72, 52, 73, DOT])  # the question's word 52, rarer than a or b, commoner than the pair
     plant(ids, 800, [74, 52, 75, DOT])
     assert ledger(ids).search([50, a, b, 52, 51], budget_tokens=6, kinds=KINDS) == [asked]  # room for one
+
+
+def test_a_look_alike_run_on_with_common_question_words_stays_out():
+    """A look-alike whose unit runs on from a hay sentence holding four common words of the question (no sentence
+    end between them) adds four light terms no pick holds; only a single heavy new term (another asked key) may
+    bring a unit in beside the first pick, not a sum of light ones."""
+    ids = hay(1600, seed=8)
+    common = [100, 101, 102, 103]
+    for s in range(3, 1600, 7):
+        ids[s] = common[s % 4]  # words found all over the haystack
+    asked = plant(ids, 300, TEMPLATE + [23, 15, 33, DOT])
+    for s, key in ((700, 21), (1100, 22)):
+        plant(ids, s, TEMPLATE + [key, 15, 34, DOT])
+    ids[894:908] = torch.tensor([DOT, *common, *TEMPLATE, 24, 15, 35, 36, DOT])  # "the function, e. One of ..."
+    question = [50, 12, 13, 14, 23, 50, 100, 50, 101, 50, 102, 50, 103, 51]
+    assert ledger(ids).search(question, budget_tokens=192, kinds=KINDS) == [asked]

@@ -7,9 +7,10 @@ fact split across spans scores as the whole sentence it is.
 
 Picking (`pick`), in units of query weight (IDF of the question's tokens and token pairs):
 - the best unit first;
-- then any unit that adds query terms no pick holds yet, weighing at least `min_gain` of the first pick's
-  heaviest term (another key of a multi-query question), and that weighs at least `min_gain` of the first pick
-  in all: a look-alike that only repeats the template adds nothing and stays out;
+- then any unit that adds a query term no pick holds yet weighing at least `min_gain` of the first pick's
+  heaviest term (another key of a multi-query question: one rare term, not a sum of common words a look-alike's
+  neighbouring sentence brings), and that weighs at least `min_gain` of the first pick in all: a look-alike that
+  only repeats the template adds nothing and stays out;
 - and every *sibling* of a pick: a unit holding all of that pick's query terms (the other values filed under
   the same key). Look-alikes of another key lack the key, so they are no siblings.
 Since a unit holds its sentence whole, the asked fact holds every term a look-alike holds plus the key: it
@@ -252,7 +253,7 @@ def pick(found: list[Unit], weight: torch.Tensor, budget_tokens: int, min_gain: 
     for u in order:
         if used + len(u.ids) > budget_tokens:
             continue
-        new = float(((u.present & ~covered).float() * weight).sum())
+        new = float(((u.present & ~covered).float() * weight).max())
         sibling = any(bool((u.present | ~p.present).all()) for p in picks)
         if not picks or sibling or (new >= min_gain * heaviest and u.score >= min_gain * first):
             picks.append(u)
