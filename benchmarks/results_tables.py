@@ -59,6 +59,23 @@ def speed(d):
               f"decode time per token x{q['decode']:.2f}")
 
 
+def long_stream(d):
+    print("| method | tokens read | needles found (3 look-alikes each) | peak RSS | KV cache | archive | ingest tok/s | "
+          "decode ms/token |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in d["rows"]:
+        found = f"{sum(a['correct'] for a in r['answers'])}/{len(r['answers'])}" if r["answers"] else "-"
+        print(f"| {r['method']} | {r['tokens']:,} | {found} | {mb(r['peak_rss_bytes'])} | {mb(r['cache_bytes'])} | "
+              f"{mb(r['archive_bytes'])} | {r['ingest_tok_s']:,.0f} | {r['decode_ms_per_tok']:.1f} |")
+    for m in dict.fromkeys(r["method"] for r in d["rows"]):
+        mine = [r for r in d["rows"] if r["method"] == m]
+        a, b = mine[0], mine[-1]
+        print(f"\n- `{m}`: peak RSS at {b['tokens']:,} tokens / at {a['tokens']:,}: x{b['peak_rss_bytes'] / a['peak_rss_bytes']:.3f}; "
+              f"KV cache bytes {'identical at every checkpoint' if len({r['cache_bytes'] for r in mine}) == 1 else 'vary'}",
+              end="")
+    print()
+
+
 def memory_modules(d):
     print("| memory | tokens | state bytes | all finite |")
     print("|---|---:|---:|---|")
@@ -214,6 +231,12 @@ SECTIONS = [  # (title, JSON under the results folder, table, how it was measure
     ("Functional integrity", "integrity.json", integrity,
      "`symphony eval integrity`: 32 checkable prompts, greedy, on the base model and through Symphony, at short "
      "context and after a 4,096-token unrelated prefix. Short-context outputs equal the base model's on every prompt."),
+    ("One stream to a million tokens", "long_stream.json", long_stream,
+     "`python benchmarks/long_stream.py --haystack manpages --lengths 128k,512k,1M --methods sinks,symphony`: each "
+     "method reads one stream of this machine's man pages (non-repeating) with every length's needles planted in it "
+     "(targets at 10/50/90% of the length, each with three look-alikes of other keys, every key distinct); at each "
+     "length its three questions are asked on copies of the stream. Peak RSS is the method's own process from the "
+     "start of streaming, a question's copy of the stream included."),
     ("Memory modules to one million tokens", "memory_throughput_1m.json", memory_modules,
      "`python benchmarks/memory_throughput.py --tokens 4096,65536,1048576`: FHRR and Titans state bytes are the same "
      "at 4k, 64k and 1M tokens, every value finite."),
