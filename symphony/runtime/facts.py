@@ -203,9 +203,9 @@ class Query:
         present = (ids[:, :, None] == self.tokens[None, None, :]).any(dim=1)
         if not (with_pairs and self.pairs):
             return present
-        a, b = ids[:, :-1], ids[:, 1:]
-        return torch.cat([present, torch.stack([((a == x) & (b == y)).any(1) for x, y in self.pairs], dim=1)],
-                         dim=1)
+        held = _pair_codes(ids[:, :-1], ids[:, 1:])
+        wanted = _pair_codes(*torch.tensor(self.pairs, dtype=torch.long).T)
+        return torch.cat([present, (held[:, :, None] == wanted[None, None, :]).any(dim=1)], dim=1)
 
     def set_idf(self, df: torch.Tensor, n_rows: int, pair_df: torch.Tensor) -> None:
         """Weights from document frequencies over `n_rows` spans: each term's IDF, 0 when absent everywhere."""
@@ -300,7 +300,7 @@ def hop_units(found: list[Unit], picks: list[Unit], hop: Query, asked: Query, ma
         return []
     taken = {u.start for u in picks}
     everywhere = found + [u for u in picks if u.start not in {f.start for f in found}]
-    holders = torch.stack([hop.presence(torch.tensor(u.ids)[None])[0][n_tok:] for u in everywhere]).sum(0)
+    holders = hop.presence(_rows([u.ids for u in everywhere]))[:, n_tok:].sum(0)
     token_df = dict(zip(hop.tokens.tolist(), hop.df.tolist()))
     rare_tokens = torch.tensor([max(token_df[a], token_df[b]) <= 2 * (max_df + 1) for a, b in hop.pairs])
     rare = (holders >= 2) & (holders <= max_df + 1) & rare_tokens
@@ -312,6 +312,11 @@ def hop_units(found: list[Unit], picks: list[Unit], hop: Query, asked: Query, ma
         return []
     asked_score = (asked.presence(_rows([u.ids for u in follow])).float() * asked.weight).sum(1)
     return [u for u, a in zip(follow, asked_score.tolist()) if a < min_gain * picks[0].score]
+
+
+def _pair_codes(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """One int64 per consecutive pair of ids (token or word ids, below 2**31; -1 padding never matches a real pair)."""
+    return a.long() * (1 << 32) + b.long()
 
 
 def _in_vocab(ids: torch.Tensor, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
