@@ -287,7 +287,8 @@ untrained engine; FHRR ~0.5%; the copy head as trained costs perplexity and adds
 
 RULER_COLUMNS = [  # (step folder, method, column title)
     ("4k", "full", "full 4k"), ("4k", "sinks", "sinks 4k"), ("4k", "symphony", "Symphony 4k"),
-    ("16k", "symphony", "Symphony 16k"), ("16k_sinks", "sinks", "sinks 16k"), ("32k", "symphony", "Symphony 32k")]
+    ("16k", "symphony", "Symphony 16k"), ("16k_sinks", "sinks", "sinks 16k"), ("32k", "symphony", "Symphony 32k"),
+    ("32k_sinks", "sinks", "sinks 32k")]
 
 RULER = """`benchmarks/ruler_suite.sh HAYSTACK` (= `symphony eval ruler --haystack HAYSTACK --lengths L --methods M
 --samples S`, steps listed in the script): RULER's tasks (niah single/multi-key/multi-value/multi-query, variable

@@ -8,7 +8,8 @@
 #   3. 32k: Symphony                                                                      OUT/<hay>/32k
 #   4. 16k, the value-copying tasks: Symphony without the copy rule (cache.recall_copy=0)  OUT/<hay>/16k_nocopy
 #   5. 4k: Symphony and StreamingLLM (sinks)                                              OUT/<hay>/4k
-#   6. 16k: StreamingLLM, 1 sample per task                                               OUT/<hay>/16k_sinks
+#   6. 16k: StreamingLLM (sinks)                                                          OUT/<hay>/16k_sinks
+#   7. 32k: StreamingLLM (sinks)                                                          OUT/<hay>/32k_sinks
 # A haystack other than builtin runs only the tasks that read it: the noise-text and needle-only tasks would repeat
 # the builtin run's inputs exactly. On one CPU core: ~75-160 s per 16k sample, twice that at 32k.
 set -euo pipefail
@@ -32,4 +33,5 @@ COPY=niah_single_2,niah_single_3
 "$SYM" eval ruler --haystack "$HAY" --resume --lengths 16k --methods symphony --samples "$SAMPLES" --tasks "$COPY" \
     --set cache.recall_copy=0 --out "$OUT/16k_nocopy"
 run --lengths 4k --methods full,sinks,symphony --samples "$SAMPLES" --out "$OUT/4k"
-run --lengths 16k --methods sinks --samples 1 --out "$OUT/16k_sinks"
+run --lengths 16k --methods sinks --samples "$SAMPLES" --out "$OUT/16k_sinks"
+run --lengths 32k --methods sinks --samples "$SAMPLES" --out "$OUT/32k_sinks"
