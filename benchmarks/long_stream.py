@@ -126,7 +126,8 @@ def run_method(args, method: str) -> list[dict]:
         rows.append({"method": method, "tokens": point, "peak_rss_bytes": rss_peak_bytes(), "cache_bytes": stream.nbytes(),
                      "archive_bytes": stream.recall.nbytes() if stream.recall is not None else 0,
                      "ingest_tok_s": round(ingest_tokens / ingest_s, 1),
-                     "decode_ms_per_tok": round(1000 * decode_s / max(1, decoded), 2), "answers": answers})
+                     "decode_ms_per_tok": round(1000 * decode_s / max(1, decoded), 2),
+                     "load_1m": round(os.getloadavg()[0], 2), "answers": answers})
         print(json.dumps(rows[-1]), flush=True)
     bar.close()
     return rows
