@@ -187,6 +187,7 @@ class Query:
         # a pair of one word's own tokens says nothing its word does not
         self.pairs = (list(dict.fromkeys(p for p, a, b in zip(_pairs(qa), wanted[:-1].tolist(), wanted[1:].tolist())
                                          if (a or b) and p[0] != p[1])) if pairs is None else list(dict.fromkeys(pairs)))
+        self.pair_codes = _pair_codes(*torch.tensor(self.pairs, dtype=torch.long).reshape(-1, 2).T)
         self.weight = torch.zeros(len(self.tokens) + len(self.pairs))
         self.df = torch.zeros(len(self.tokens))  # spans holding each token, once `set_idf` has them
 
@@ -204,8 +205,7 @@ class Query:
         if not (with_pairs and self.pairs):
             return present
         held = _pair_codes(ids[:, :-1], ids[:, 1:])
-        wanted = _pair_codes(*torch.tensor(self.pairs, dtype=torch.long).T)
-        return torch.cat([present, (held[:, :, None] == wanted[None, None, :]).any(dim=1)], dim=1)
+        return torch.cat([present, (held[:, :, None] == self.pair_codes[None, None, :]).any(dim=1)], dim=1)
 
     def set_idf(self, df: torch.Tensor, n_rows: int, pair_df: torch.Tensor) -> None:
         """Weights from document frequencies over `n_rows` spans: each term's IDF, 0 when absent everywhere."""
