@@ -225,3 +225,9 @@ def test_worker_tokenises_the_same_stream_from_a_prefix():
 def test_bad_lengths_is_one_line_error(tmp_path):
     r = _invoke("--lengths", "4x", "--out", str(tmp_path / "o"))
     assert r.exit_code == 2 and "cannot read length" in r.output
+
+
+def test_lengths_read_k_and_m_suffixes():
+    from symphony.evaluation.methods import parse_lengths
+
+    assert parse_lengths("4k, 1M,1.5k,4096") == [4096, 1024 * 1024, 1536, 4096]

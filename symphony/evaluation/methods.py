@@ -14,16 +14,17 @@ def parse_methods(text: str) -> list[str]:
 
 
 def parse_lengths(text: str) -> list[int]:
-    """'4k,8k,16k' or '4096,8192' -> token counts."""
+    """'4k,8k,1M' or '4096,8192' -> token counts (k = 1024, M = 1024 * 1024)."""
+    scale = {"k": 1024, "m": 1024 * 1024}
     out = []
     for part in text.split(","):
         part = part.strip().lower()
         if not part:
             continue
         try:
-            out.append(int(float(part[:-1]) * 1024) if part.endswith("k") else int(part))
+            out.append(int(float(part[:-1]) * scale[part[-1]]) if part[-1] in scale else int(part))
         except (ValueError, OverflowError):  # not a number, or nan / inf
-            raise SymphonyError(f"cannot read length '{part}'; use e.g. 4k,8k or 4096,8192") from None
+            raise SymphonyError(f"cannot read length '{part}'; use e.g. 4k,8k,1M or 4096,8192") from None
     if not out or min(out) <= 0:
         raise SymphonyError("lengths must be positive token counts")
     return out
