@@ -275,6 +275,31 @@ def test_copy_resumes_after_a_reply_prefix_that_restated_the_key():
     assert CopyRule(source, 3, prefix=[1, 2, 3, 34, 35, 32], breaks=[NL]).choose([], near, other[0]) == other[0]
 
 
+def test_copy_resumes_at_the_value_when_the_model_declines_the_colon_before_it():
+    """RULER's 32k single_3 miss: the reply restated "strange-bell is", the fact goes on ": b80e...", the model
+    wrote " 1" and the continuation (":", punctuation) is never forced; the copy resumes at the value if the model
+    rates it near its own choice. A value's own token the model declines is not skipped over."""
+    key, value, COLON, NL = [40, 41, 42, 43], [50, 51, 52, 53], 34, 9
+    source = [30, 31] + key + [COLON] + value + [DOT, NL]
+    content = torch.ones(100, dtype=torch.bool)
+    content[[DOT, NL, COLON]] = False
+    logits = torch.zeros(100)
+    logits[99], logits[50], logits[COLON] = 6.0, 4.5, 1.0
+    rule = CopyRule(source, min_match=3, prefix=[70] + key, breaks=[NL], content=content)
+    reply = [rule.choose([], logits, 99)]
+    for want in value[1:]:
+        step = torch.zeros(100)
+        step[98], step[want] = 6.0, 5.0
+        reply.append(rule.choose(reply, step, 98))
+    assert reply == value
+    far = torch.zeros(100)
+    far[99], far[50] = 6.0, 1.0  # beyond the margin: the model's token stands
+    assert CopyRule(source, 3, prefix=[70] + key, breaks=[NL], content=content).choose([], far, 99) == 99
+    mid = torch.zeros(100)
+    mid[99], mid[52] = 6.0, 5.0  # declines the value's 52 and rates the next, 53, near: no skipping
+    assert CopyRule(source, 3, prefix=[70] + key + [COLON, 50], breaks=[NL], content=content).choose([], mid, 99) == 99
+
+
 def test_decode_copies_the_reread_text(tiny_loaded, monkeypatch):
     """Through the engine: after a question that recall answered, decode consults the rule with the re-read ids;
     cache.recall_copy=0 turns it off."""

@@ -13,6 +13,8 @@ generated tokens), both only where the model itself ranks the source's token amo
   went on in its own words ("... mentioned in the provided text is"), within `gap` tokens, the copy may resume
   at one of the `lead` source tokens after that run (" is", ":", the value's first token), if the model rates it
   within `margin` (logits) of its own choice, never past the end of the fact. The copy then continues from there.
+  The same holds where a copy's next token is punctuation the model declines ("strange-bell is" then " 1", where
+  the fact goes on ": b80e..."): a value's own token it declines is never skipped over.
 
 The model still decides whether to copy and where the copy ends (a continuation it finds implausible is never
 forced), and punctuation and layout (`content`: only tokens with a letter or digit are put in place of its
@@ -59,9 +61,10 @@ class CopyRule:
         """A copy ends with its fact: never into the break after it, nor on into the next fact."""
         return self.source[p] not in self.breaks and (p == 0 or self.source[p - 1] not in self.breaks)
 
-    def _resume_positions(self, turn: list[int]) -> list[int]:
-        """The `lead` source positions after the latest source run the turn restated within its last `gap` tokens."""
-        for e in range(len(turn) - 1, max(self.min_match, len(turn) - self.gap) - 1, -1):
+    def _resume_positions(self, turn: list[int], last: int) -> list[int]:
+        """The `lead` source positions after the latest source run the turn restated, ending at `last` or up to
+        `gap` tokens before it."""
+        for e in range(last, max(self.min_match, len(turn) - self.gap) - 1, -1):
             ends = self._at.get(tuple(turn[e - self.min_match:e]), [])
             if ends:
                 return [p for end in ends for p in self._lead(end)]
@@ -84,26 +87,36 @@ class CopyRule:
         """The next token: the continued or resumed copy's token where the model ranks it high enough, else
         `chosen`."""
         turn = self.prefix + list(reply)
-        positions, resuming = self._tail_positions(turn), False
+        positions = self._tail_positions(turn)
         if not positions and self._next is not None and turn and self._next < len(self.source) \
                 and self.source[self._next - 1] == turn[-1]:
             # a resumed copy goes on before its own tail is `min_match` long
             positions = [self._next] if self._within_fact(self._next) else []
-        if not positions:
-            positions, resuming = self._resume_positions(turn), True
         self._next = None
-        if not positions:
-            return chosen
         top = torch.topk(logits.float(), min(self.top_k, logits.numel()))
-        floor = float(top.values[0]) - self.margin if resuming else float("-inf")
-        ranked = [t for t, v in zip(top.indices.tolist(), top.values.tolist()) if v >= floor]
+        ranked = list(zip(top.indices.tolist(), top.values.tolist()))
+        if positions:
+            token = self._pick(positions, [t for t, _ in ranked], chosen)
+            if token is not None or any(self._is_content(self.source[p]) for p in positions):
+                return chosen if token is None else token
+            # the model declined the copy's next token, punctuation, which is never forced ("bell is" then " 1"
+            # where the fact goes on ": b80e..."): the copy may resume at the value, as after a restated key
+            resume = self._resume_positions(turn, len(turn))
+        else:
+            resume = self._resume_positions(turn, len(turn) - 1)
+        floor = ranked[0][1] - self.margin
+        token = self._pick(resume, [t for t, v in ranked if v >= floor], chosen)
+        return chosen if token is None else token
+
+    def _pick(self, positions: list[int], ranked: list[int], chosen: int) -> int | None:
+        """`chosen` if a copy at `positions` would give it, else the best-ranked content token one would give
+        (None if none); the copy then goes on after the position that gave it."""
         options = {self.source[p] for p in positions}
         if chosen in options:
             token = chosen
         else:
-            picks = [t for t in ranked if t in options and self._is_content(t)]
-            if not picks:
-                return chosen
-            token = picks[0]
+            token = next((t for t in ranked if t in options and self._is_content(t)), None)
+            if token is None:
+                return None
         self._next = next(p for p in positions if self.source[p] == token) + 1
         return token
