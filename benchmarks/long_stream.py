@@ -2,7 +2,7 @@
 along the way, each method in the same run.
 
     python benchmarks/long_stream.py --haystack manpages --lengths 128k,512k,1M --methods sinks,symphony \
-        --out docs/results/long_stream.json                       # ~50 min a method on 2 CPU cores
+        --out docs/results/long_stream.json                       # ~2 h a method on 2 idle CPU cores
     python benchmarks/long_stream.py -c tiny --lengths 2k,4k --memory-at 1k --out /tmp/ls.json   # a smoke run
 
 A needle cell at 1M tokens costs a million tokens of streaming; three depths at three lengths would cost nine
@@ -75,21 +75,18 @@ def build_stream(tok, text: str, total: int, planted) -> tuple[list[int], list[i
     return ids + hay[prev:], starts
 
 
-def run_method(args, method: str) -> list[dict]:
+def run_method(args, method: str, lengths: list[int], memory_at: list[int], depths: list[float]) -> list[dict]:
     """Stream once through `method`, asking each length's questions when the stream reaches it."""
     import torch
     from tqdm import tqdm
 
     from symphony.config import load_config
     from symphony.corpus import load_text
-    from symphony.evaluation.methods import parse_lengths
     from symphony.evaluation.oom_worker import reset_rss_peak, rss_peak_bytes
     from symphony.haystack import contains_answer
     from symphony.runtime import chat
     from symphony.runtime.engine import engine_from_config
 
-    lengths, memory_at = parse_lengths(args.lengths), parse_lengths(args.memory_at)
-    depths = [float(d) for d in args.depths.split(",")]
     cfg = load_config(args.config, list(args.set))
     eng = engine_from_config(cfg, policy=method, progress=False)
     tok = eng.tokenizer
@@ -165,7 +162,7 @@ def main(argv=None) -> int:
               "distractors in 0..7", file=sys.stderr)
         return 2
     if args.worker:  # prints each checkpoint's row as a JSON line
-        run_method(args, methods[0])
+        run_method(args, methods[0], lengths, memory_at, depths)
         return 0
     out = Path(args.out)
     result = {"settings": {k: v for k, v in vars(args).items() if k not in ("worker", "out")},

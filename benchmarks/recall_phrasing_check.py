@@ -93,6 +93,45 @@ def _document(rng: random.Random, text: str, length: int, tok) -> tuple[list[int
     return ids, planted
 
 
+def _searcher(cache, tok, ids: list[int]):
+    """No model: the whole document in a recall archive; question -> (the re-read text, {})."""
+    from symphony.runtime.facts import TokenKinds
+    from symphony.runtime.recall import RecallLedger
+
+    kinds = TokenKinds.from_tokenizer(tok)
+    archive = RecallLedger(capacity_tokens=len(ids) + cache.span_len, span_len=cache.span_len)
+    archive.add(torch.arange(len(ids)), torch.tensor(ids), torch.zeros(len(ids)))
+
+    def ask(question: str):
+        runs = archive.search(tok("\n\n" + question, add_special_tokens=False).input_ids, cache.recall_budget,
+                              kinds=kinds, hops=cache.recall_hops)
+        return "".join(tok.decode(r) + "\n" for r in runs), {}
+    return ask
+
+
+def _asker(eng, ids: list[int], hay: str, max_new_tokens: int):
+    """The document streamed once through the engine; question -> (the re-read text, the answer on a copy)."""
+    from symphony.runtime import chat
+
+    tok = eng.tokenizer
+    before, after = chat.chat_format(eng).first_user
+    stream = eng.new_stream()
+    t0 = time.time()
+    eng.ingest(stream, eng.encode(before))
+    eng.ingest(stream, torch.tensor(ids), desc=f"{hay} document")
+    ingest_s = time.time() - t0
+    held = tok.decode([t for t in stream.cache.token_ids.tolist() if t >= 0])
+
+    def ask(question: str):
+        asked = copy.deepcopy(stream)  # every question meets the document alone, as the first one does
+        chat.ask(eng, asked, "\n\n" + question, after)
+        reread = tok.decode(asked.reread)
+        reply = tok.decode(eng.decode(asked, max_new_tokens), skip_special_tokens=True)
+        return reread, {"held": held, "reply": reply.strip(), "ingest_s": round(ingest_s, 1),
+                        "reread_tokens": len(tok(reread, add_special_tokens=False).input_ids) if reread else 0}
+    return ask
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--haystacks", default="builtin,manpages")
@@ -110,7 +149,6 @@ def main(argv=None) -> int:
     from symphony.corpus import load_text
     from symphony.errors import SymphonyError
     from symphony.evaluation.methods import parse_lengths
-    from symphony.runtime import chat
     from symphony.runtime.engine import engine_from_config
 
     try:
@@ -121,58 +159,33 @@ def main(argv=None) -> int:
     except (ValueError, SymphonyError) as e:
         print(f"recall_phrasing_check: {e}", file=sys.stderr)
         return 2
-    cache = cfg.cache
     if args.search_only:
         from symphony.models.loading import load_tokenizer
-        from symphony.runtime.facts import TokenKinds
-        from symphony.runtime.recall import RecallLedger
 
         tok, eng = load_tokenizer(cfg.model), None
-        kinds = TokenKinds.from_tokenizer(tok)
     else:
         eng = engine_from_config(cfg, progress=False)
         tok = eng.tokenizer
-    enc = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
     rows = []
     for seed in seeds:
         for hay, text in texts.items():
             ids, planted = _document(random.Random(f"{seed}:{hay}"), text, length, tok)
-            asked_facts = [[p for p in planted if p[0] == k and p[4]] + [p for p in planted if p[0] == k and not p[4]]
-                           for k in range(len(TEMPLATES))]
-            if eng is None:
-                archive = RecallLedger(capacity_tokens=len(ids) + cache.span_len, span_len=cache.span_len)
-                archive.add(torch.arange(len(ids)), torch.tensor(ids), torch.zeros(len(ids)))
-                for k, ((_, key, value, fact, _), *others) in enumerate(asked_facts):
-                    question = TEMPLATES[k][1].format(key=key)
-                    runs = archive.search(enc("\n\n" + question), cache.recall_budget, kinds=kinds,
-                                          hops=cache.recall_hops)
-                    reread = "".join(tok.decode(r) + "\n" for r in runs)
-                    rows.append({"haystack": hay, "seed": seed, "template": k, "question": question, "fact": fact,
-                                 "found": fact in reread, "look_alikes": sum(o[3] in reread for o in others),
-                                 "reread": reread[:400]})
-                continue
-            before, after = chat.chat_format(eng).first_user
-            stream = eng.new_stream()
-            t0 = time.time()
-            eng.ingest(stream, eng.encode(before))
-            eng.ingest(stream, torch.tensor(ids), desc=f"{hay} document")
-            ingest_s = time.time() - t0
-            held = tok.decode([t for t in stream.cache.token_ids.tolist() if t >= 0])
-            for k, ((_, key, value, fact, _), *others) in enumerate(tqdm(asked_facts, desc=f"{hay} questions",
-                                                                          unit="q")):
+            ask = _searcher(cfg.cache, tok, ids) if eng is None else _asker(eng, ids, hay, args.max_new_tokens)
+            for k in tqdm(range(len(TEMPLATES)), desc=f"{hay} questions", unit="q", leave=False):
+                (_, key, value, fact, _), *others = [p for p in planted if p[0] == k and p[4]] + \
+                    [p for p in planted if p[0] == k and not p[4]]
                 question = TEMPLATES[k][1].format(key=key)
-                asked = copy.deepcopy(stream)  # every question meets the document alone, as the first one does
-                chat.ask(eng, asked, "\n\n" + question, after)
-                reread = tok.decode(asked.reread)
-                reply = tok.decode(eng.decode(asked, args.max_new_tokens), skip_special_tokens=True)
+                reread, answer = ask(question)
                 rows.append({"haystack": hay, "seed": seed, "template": k, "question": question, "fact": fact,
-                             "value": value, "found": fact in reread, "look_alikes": sum(o[3] in reread for o in others),
-                             "in_cache": fact in held, "answered": value in reply, "reply": reply.strip(),
-                             "reread": reread[:400], "reread_tokens": len(enc(reread)) if reread else 0,
-                             "ingest_s": round(ingest_s, 1)})
-                r = rows[-1]
-                print(f"{hay} t{k:02d} found={'Y' if r['found'] else '-'} look-alikes={r['look_alikes']} "
-                      f"answered={'Y' if r['answered'] else '-'} in_cache={'Y' if r['in_cache'] else '-'}", flush=True)
+                             "found": fact in reread, "look_alikes": sum(o[3] in reread for o in others),
+                             "reread": reread[:400]})
+                if answer:
+                    r = rows[-1]
+                    r.update(value=value, in_cache=fact in answer.pop("held"), answered=value in answer["reply"],
+                             **answer)
+                    print(f"{hay} t{k:02d} found={'Y' if r['found'] else '-'} look-alikes={r['look_alikes']} "
+                          f"answered={'Y' if r['answered'] else '-'} in_cache={'Y' if r['in_cache'] else '-'}",
+                          flush=True)
     for r in rows:
         if not r["found"]:
             print(f"missed: {r['haystack']} seed {r['seed']} t{r['template']:02d} {r['fact']!r} <- {r['question']!r}")
