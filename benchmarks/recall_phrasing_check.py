@@ -94,7 +94,7 @@ def _document(rng: random.Random, text: str, length: int, tok) -> tuple[list[int
 
 
 def _searcher(cache, tok, ids: list[int]):
-    """No model: the whole document in a recall archive; question -> (the re-read text, {})."""
+    """No model: the whole document in a recall archive; (question, fact, value) -> (the re-read text, {})."""
     from symphony.runtime.facts import TokenKinds
     from symphony.runtime.recall import RecallLedger
 
@@ -102,7 +102,7 @@ def _searcher(cache, tok, ids: list[int]):
     archive = RecallLedger(capacity_tokens=len(ids) + cache.span_len, span_len=cache.span_len)
     archive.add(torch.arange(len(ids)), torch.tensor(ids), torch.zeros(len(ids)))
 
-    def ask(question: str):
+    def ask(question: str, fact: str, value: str):
         runs = archive.search(tok("\n\n" + question, add_special_tokens=False).input_ids, cache.recall_budget,
                               kinds=kinds, hops=cache.recall_hops)
         return "".join(tok.decode(r) + "\n" for r in runs), {}
@@ -110,7 +110,8 @@ def _searcher(cache, tok, ids: list[int]):
 
 
 def _asker(eng, ids: list[int], hay: str, max_new_tokens: int):
-    """The document streamed once through the engine; question -> (the re-read text, the answer on a copy)."""
+    """The document streamed once through the engine; (question, fact, value) -> (the re-read text, the answer
+    asked on a copy of the stream, judged)."""
     from symphony.runtime import chat
 
     tok = eng.tokenizer
@@ -122,13 +123,14 @@ def _asker(eng, ids: list[int], hay: str, max_new_tokens: int):
     ingest_s = time.time() - t0
     held = tok.decode([t for t in stream.cache.token_ids.tolist() if t >= 0])
 
-    def ask(question: str):
+    def ask(question: str, fact: str, value: str):
         asked = copy.deepcopy(stream)  # every question meets the document alone, as the first one does
         chat.ask(eng, asked, "\n\n" + question, after)
         reread = tok.decode(asked.reread)
         reply = tok.decode(eng.decode(asked, max_new_tokens), skip_special_tokens=True)
-        return reread, {"held": held, "reply": reply.strip(), "ingest_s": round(ingest_s, 1),
-                        "reread_tokens": len(tok(reread, add_special_tokens=False).input_ids) if reread else 0}
+        return reread, {"value": value, "in_cache": fact in held, "answered": value in reply, "reply": reply.strip(),
+                        "reread_tokens": len(tok(reread, add_special_tokens=False).input_ids) if reread else 0,
+                        "ingest_s": round(ingest_s, 1)}
     return ask
 
 
@@ -175,14 +177,13 @@ def main(argv=None) -> int:
                 (_, key, value, fact, _), *others = [p for p in planted if p[0] == k and p[4]] + \
                     [p for p in planted if p[0] == k and not p[4]]
                 question = TEMPLATES[k][1].format(key=key)
-                reread, answer = ask(question)
+                reread, answer = ask(question, fact, value)
                 rows.append({"haystack": hay, "seed": seed, "template": k, "question": question, "fact": fact,
                              "found": fact in reread, "look_alikes": sum(o[3] in reread for o in others),
                              "reread": reread[:400]})
                 if answer:
                     r = rows[-1]
-                    r.update(value=value, in_cache=fact in answer.pop("held"), answered=value in answer["reply"],
-                             **answer)
+                    r.update(answer)
                     print(f"{hay} t{k:02d} found={'Y' if r['found'] else '-'} look-alikes={r['look_alikes']} "
                           f"answered={'Y' if r['answered'] else '-'} in_cache={'Y' if r['in_cache'] else '-'}",
                           flush=True)

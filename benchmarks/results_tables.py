@@ -4,8 +4,8 @@
     python benchmarks/results_tables.py RESULTS_DIR --print # tables of another results folder, to stdout
 
 Every table is computed from the JSON; the prose beside each says how it was measured (the command) and what
-it shows. Speed figures (tokens/s, ms/token) in these JSON files were taken while other jobs shared the
-2 CPU cores: they are not reported.
+it shows. Speed figures (tokens/s, ms/token) are reported only where the run was idle: the speed suite, and the
+long-stream checkpoints whose recorded load average says no other job shared the 2 CPU cores.
 """
 from __future__ import annotations
 
@@ -288,8 +288,8 @@ command on the same inputs: `full` (plain `DynamicCache`) and `sinks` (Streaming
 **Read with care.** The needle grids below use the built-in haystack and one needle template. The RULER-style
 section measures recall on two haystacks (Python's documentation and this machine's man pages) with RULER's
 templates and paraphrased questions; where it falls short it says so. The only speed figures are those of the
-Speed section (an idle machine); the tokens/s stored in the other runs' JSON were taken while other jobs shared
-the cores.
+Speed section and the long-stream checkpoints taken on an idle machine; the tokens/s stored in the other runs'
+JSON were taken while other jobs shared the cores.
 """
 
 TRAINED = """Trained memories (`benchmarks/training_results.sh`; smollm2-135m-cpu: Titans or FHRR on the last 2 layers +
